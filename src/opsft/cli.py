@@ -1,0 +1,95 @@
+"""The `opsft` command. Each subcommand is a config dataclass (flags, or a YAML file via --config;
+flags win) handed to the function that runs it."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import types
+import typing
+from pathlib import Path
+
+import yaml
+
+from .errors import OpsftError
+from .score_run import ScoreConfig, run_score
+
+COMMANDS = {
+    "score": (ScoreConfig, run_score,
+              "DDT: how far a dataset lies from a model's own distribution (phi per token and per example)"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="opsft", description="On-policy supervised fine-tuning toolkit.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (config_cls, _, help_text) in COMMANDS.items():
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        command.add_argument("--config", help="YAML file of options (flags given here override it)")
+        _add_dataclass_arguments(command, config_cls)
+    args = parser.parse_args(argv)
+    config_cls, run, _ = COMMANDS[args.command]
+    try:
+        run(_build_config(config_cls, vars(args), parser))
+    except OpsftError as error:
+        print(f"opsft: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("opsft: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind = _base_type(hints[f.name])
+        flag = "--" + f.name.replace("_", "-")
+        required = f.default is dataclasses.MISSING
+        help_text = f.metadata.get("help", "") + ("" if required else f" (default: {f.default})")
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                                help=help_text)
+        else:
+            parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, choices=f.metadata.get("choices"),
+                                help=help_text + (" [required]" if required else ""))
+
+
+def _base_type(hint):
+    """int for `int | None`, etc."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
+    return hint
+
+
+def _build_config(cls, args: dict, parser: argparse.ArgumentParser):
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {}
+    if args.get("config"):
+        path = Path(args["config"])
+        if not path.exists():
+            parser.error(f"--config {path}: no such file")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            parser.error(f"--config {path}: expected a mapping of option: value")
+        values = {k.replace("-", "_"): v for k, v in loaded.items()}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            parser.error(f"--config {path}: unknown options {unknown}")
+    values.update({k: v for k, v in args.items() if k in names})
+    missing = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.name not in values]
+    if missing:
+        parser.error("missing " + ", ".join("--" + m.replace("_", "-") for m in missing))
+    return cls(**values)
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+if __name__ == "__main__":
+    sys.exit(main())

