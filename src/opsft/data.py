@@ -242,6 +242,10 @@ def _prompt_and_completion(record, shape, source, row, prompt_field, completion_
     completion_name = completion_field or "completion"
     prompt = _require(record, prompt_name, source, row)
     completion = _require(record, completion_name, source, row)
+    for name, value in ((prompt_name, prompt), (completion_name, completion)):
+        if not isinstance(value, (str, list)):
+            raise DataError(f"must be a string or a list of messages, got {type(value).__name__}", source=source,
+                            row=row, field=name, reason="invalid_type")
     if shape == "mapped":  # a question/solution pair: a user turn and an assistant turn
         prompt = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
         completion = completion if isinstance(completion, list) else [{"role": "assistant", "content": completion}]

@@ -60,24 +60,47 @@ def resolve_model(name: str) -> str:
 
 def load_model(name: str, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
     """(model, tokenizer) in eval mode. The tokenizer gets a pad token (its EOS) if it has none, as TRL does."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
     path = resolve_model(name)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    except OSError as e:
-        if Path(name).exists():
-            raise OpsftError(f"model '{name}': could not be loaded from that directory ({e})") from None
-        raise OpsftError(
-            f"unknown model '{name}': not a built-in alias ({', '.join(BUILTIN_MODELS)}), not a local "
-            f"directory, and not loadable from the Hugging Face hub (offline, or no such repo)"
-        ) from None
+    if Path(path).is_dir():
+        try:
+            model, tokenizer = _from_pretrained(path, dtype)
+        except OSError as e:
+            raise OpsftError(f"model '{name}': could not be loaded from {path} ({e})") from None
+    else:
+        model, tokenizer = _from_hub(name, dtype)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(device).eval(), tokenizer
+
+
+def _from_pretrained(path: str, dtype: torch.dtype, **kwargs):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs), tokenizer
+
+
+def _from_hub(name: str, dtype: torch.dtype):
+    """From the local Hugging Face cache if it is there, else downloaded; a clear error, fast, if neither."""
+    import huggingface_hub
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        return _from_pretrained(name, dtype, local_files_only=True)
+    except OSError:
+        pass
+    unknown = f"unknown model '{name}': not a built-in alias ({', '.join(BUILTIN_MODELS)}), not a local directory"
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        raise OpsftError(f"{unknown}, and not in the Hugging Face cache (HF_HUB_OFFLINE is set)")
+    try:  # one quick question first: the loaders retry for a minute when the hub is unreachable
+        huggingface_hub.model_info(name, timeout=10)
+    except RepositoryNotFoundError:
+        raise OpsftError(f"{unknown}, and no such repository on the Hugging Face hub") from None
+    except Exception as e:  # connection errors come in many types
+        raise OpsftError(f"{unknown}, and the Hugging Face hub could not be reached ({type(e).__name__})") from None
+    return _from_pretrained(name, dtype)
 
 
 def _converted_alias(name: str) -> Path:

@@ -61,6 +61,10 @@ class ScoreConfig:
 def run_score(config: ScoreConfig) -> dict:
     """Score config.data under config.model; returns the summary (also written to out/summary.json)."""
     out = Path(config.out)
+    if not config.progress:  # transformers' own bars (loading weights) too
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     data = load_examples(config.data, prompt_field=config.prompt_field, completion_field=config.completion_field,
                          messages_field=config.messages_field, answer_field=config.answer_field,
                          limit=config.limit, skip_invalid=config.skip_invalid)
