@@ -94,9 +94,10 @@ def plot_histogram(scored: list[dict], summary: dict[str, Any], path: str | Path
     means = [s["phi_mean"] for s in scored]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
     ax.hist(means, bins=min(50, max(10, len(means) // 4)), color="#4c72b0", edgecolor="white")
-    for key, colour in (("in_distribution", "#2ca02c"), ("out_of_distribution", "#d62728")):
+    for key, rule, colour in (("in_distribution", "≥", "#2ca02c"), ("out_of_distribution", "<", "#d62728")):
         ax.axvline(summary[key]["threshold"], color=colour, linestyle="--",
-                   label=f"{key.replace('_', '-')} threshold ({summary[key]['share']:.0%})")
+                   label=f"{key.replace('_', '-')}: phi_mean {rule} {summary[key]['threshold']:g} "
+                         f"({summary[key]['share']:.0%} of examples)")
     ax.axvline(0, color="black", linewidth=0.8)
     run = summary["run"]
     ax.set_title(f"DDT phi_mean per example — {run['model']} on {run['data']} (τ={run['temperature']:g})", fontsize=9)
