@@ -77,6 +77,19 @@ def test_changed_settings_do_not_mix_with_an_earlier_run(tmp_path, tiny_model_di
     assert score(tmp_path, tiny_model_dir, data, "--temperature", "0.5", "--overwrite") == 0
 
 
+def test_edited_data_is_not_resumed_into_old_results(tmp_path, tiny_model_dir, capsys):
+    assert score(tmp_path, tiny_model_dir, write_jsonl(tmp_path / "d.jsonl", ROWS)) == 0
+    edited = [dict(ROWS[0], solution="something else entirely")] + ROWS[1:]
+    assert score(tmp_path, tiny_model_dir, write_jsonl(tmp_path / "d.jsonl", edited)) == 2
+    assert "inputs_sha256" in capsys.readouterr().err
+
+
+def test_all_rows_skipped_is_an_error_not_an_empty_report(tmp_path, tiny_model_dir, capsys):
+    data = write_jsonl(tmp_path / "d.jsonl", ['{"question": "q"}', '{"question": "q", "solution": ""}'])
+    assert score(tmp_path, tiny_model_dir, data, "--skip-invalid") == 2
+    assert "no example left to score (2 skipped" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("row, extra, message", [
     ('{"question": "q", "solution": ', [], "d.jsonl: row 2: malformed JSON"),
     ('{"question": "q"}', [], "d.jsonl: row 2: field 'solution': is missing"),

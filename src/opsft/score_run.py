@@ -8,6 +8,7 @@ worst_examples.html, and progress.jsonl (the resumable log: a rerun continues wh
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections import Counter
@@ -15,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .data import load_examples
-from .errors import DataError
+from .errors import DataError, OpsftError
 from .models import load_model
 from .rendering import prompt_format
 from .report import format_markdown, format_table, phi_summary, plot_histogram, worst_examples_html
@@ -72,7 +73,12 @@ def run_score(config: ScoreConfig) -> dict:
     tokenized, skipped = tokenize_for_scoring(data.examples, tokenizer, max_length=config.max_length,
                                               skip_invalid=config.skip_invalid, source=config.data)
     skipped = data.skipped + skipped
-    log = ResultLog(out / "progress.jsonl", config.settings(), overwrite=config.overwrite)
+    if not tokenized:
+        raise OpsftError(f"{config.data}: no example left to score ({len(skipped)} skipped: "
+                         f"{dict(Counter(e.reason for e in skipped))})")
+    # the inputs' fingerprint: an edited data file or another tokenizer/template is a different run
+    settings = {**config.settings(), "inputs_sha256": _fingerprint(tokenized)}
+    log = ResultLog(out / "progress.jsonl", settings, overwrite=config.overwrite)
     done = log.done()
     todo = [t for t in tokenized if t.index not in done]
     if done:
@@ -98,6 +104,13 @@ def run_score(config: ScoreConfig) -> dict:
                       {e.index: e for e in data.examples}, summary)
     print(f"\nDDT score  ({out})\n{format_table(summary)}\n", flush=True)
     return summary
+
+
+def _fingerprint(tokenized) -> str:
+    digest = hashlib.sha256()
+    for t in tokenized:
+        digest.update(json.dumps([t.index, t.completion_start, t.input_ids]).encode())
+    return digest.hexdigest()
 
 
 def _write_outputs(out, config, examples, scored, skipped: list[DataError], summary) -> None:
