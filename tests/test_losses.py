@@ -1,0 +1,163 @@
+"""The loss family against float64 references: gradients, special cases, schedule, validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from opsft.errors import OpsftError
+from opsft.losses import LossConfig, idft_gamma, idft_lambda, token_weights, weighted_nll
+
+B, T, V = 3, 7, 11
+
+
+def batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(B, T, V, generator=g, dtype=torch.float64) * 2).requires_grad_()
+    targets = torch.randint(0, V, (B, T), generator=g)
+    mask = torch.ones(B, T, dtype=torch.bool)
+    mask[0, :2] = False  # a prompt
+    mask[2, 5:] = False  # padding
+    ref = -torch.rand(B, T, generator=g, dtype=torch.float64) * 3
+    quality = torch.tensor([0.5, 2.0, 1.0], dtype=torch.float64)
+    return logits, targets, mask, ref, quality
+
+
+def forward(logits, targets):
+    log_p = F.log_softmax(logits, -1)
+    return log_p.gather(-1, targets[..., None])[..., 0], -(log_p.exp() * log_p).sum(-1)
+
+
+CONFIGS = {
+    "sft": LossConfig("sft"),
+    "dft": LossConfig("dft"),
+    "idft": LossConfig("idft"),
+    "idft_schedule": LossConfig("idft", beta=0.5, gamma_min=0.3, gamma_max=1.5, warmup_ratio=0.2,
+                                transition_ratio=0.5),
+    "iwsft_sequence": LossConfig("iwsft", kappa=0.7, w_max=3.0),
+    "iwsft_token": LossConfig("iwsft", iw_level="token"),
+    "sftq": LossConfig("sftq"),
+}
+
+
+def reference_weights(config: LossConfig, logits, targets, mask, ref, quality, progress):
+    """w_t one token at a time, from the float64 full softmax, straight from SPEC §2."""
+    w = torch.zeros(B, T, dtype=torch.float64)
+    with torch.no_grad():
+        for b in range(B):
+            tokens = [t for t in range(T) if mask[b, t]]
+            log_p = {t: F.log_softmax(logits[b, t], -1)[targets[b, t]].item() for t in tokens}
+            if config.method == "iwsft" and config.iw_level == "sequence":
+                mean = sum(log_p[t] - ref[b, t].item() for t in tokens) / len(tokens)
+                seq_w = min(max(math.exp(config.kappa * mean), 0), config.w_max)
+            for t in tokens:
+                p = math.exp(log_p[t])
+                if config.method == "sft":
+                    w[b, t] = 1
+                elif config.method == "dft":
+                    w[b, t] = p
+                elif config.method == "idft":
+                    probs = F.softmax(logits[b, t], -1)
+                    phi = log_p[t] - (probs * probs.log()).sum().item()
+                    s = progress
+                    lam = 0 if s < config.warmup_ratio else (
+                        1 if config.transition_ratio == 0 else min(1, (s - config.warmup_ratio) / config.transition_ratio))
+                    gamma = 1 + lam * (min(max(math.exp(-phi / config.beta), config.gamma_min),
+                                           config.gamma_max) - 1)
+                    w[b, t] = p ** gamma
+                elif config.method == "iwsft":
+                    w[b, t] = seq_w if config.iw_level == "sequence" else min(
+                        max(math.exp(log_p[t] - ref[b, t].item()), config.clip_low),
+                        config.clip_high)
+                elif config.method == "sftq":
+                    w[b, t] = quality[b]
+    return w
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("progress", [0.1, 0.45, 1.0])
+def test_gradient_wrt_logits_is_w_times_softmax_minus_onehot_over_n(name, progress):
+    config = CONFIGS[name]
+    logits, targets, mask, ref, quality = batch()
+    log_probs, entropy = forward(logits, targets)
+    terms = token_weights(config, log_probs, entropy, mask, progress=progress, ref_log_probs=ref, quality=quality)
+    n = int(mask.sum()) + 5  # the global batch may hold more tokens than this micro-batch
+    (grad,) = torch.autograd.grad(weighted_nll(log_probs, terms.weights, n), logits)
+
+    w = reference_weights(config, logits, targets, mask, ref, quality, progress)
+    torch.testing.assert_close(terms.weights.detach(), w, atol=1e-12, rtol=1e-10)
+    analytic = w[..., None] * (F.softmax(logits.detach(), -1) - F.one_hot(targets, V)) / n
+    torch.testing.assert_close(grad, analytic, atol=1e-12, rtol=1e-10)
+
+
+def test_idft_legacy_keeps_p_gamma_in_the_gradient_and_flips_its_sign():
+    logits, targets, mask, *_ = batch()
+    log_probs, entropy = forward(logits, targets)
+    terms = token_weights(LossConfig("idft_legacy"), log_probs, entropy, mask)
+    (grad,) = torch.autograd.grad(weighted_nll(log_probs, terms.weights, int(mask.sum())), logits)
+    log_p = log_probs.detach()
+    gamma = idft_gamma(log_p + entropy.detach(), 1.0)
+    w = torch.exp(gamma * log_p) * mask
+    # d/dz of -p^g log p = -p^g (1 + g log p) d(log p)/dz: the factor turns negative for p < exp(-1/g)
+    factor = w * (1 + gamma * log_p)
+    analytic = factor[..., None] * (F.softmax(logits.detach(), -1) - F.one_hot(targets, V)) / int(mask.sum())
+    torch.testing.assert_close(grad, analytic, atol=1e-12, rtol=1e-10)
+    assert ((factor < 0) & mask).any(), "the test batch should contain tokens whose gradient flips"
+
+
+def test_idft_with_gamma_forced_to_0_is_sft_and_to_1_is_dft():
+    logits, targets, mask, *_ = batch()
+    log_probs, entropy = forward(logits, targets)
+    n = int(mask.sum())
+    sft = weighted_nll(log_probs, token_weights(LossConfig("sft"), log_probs, entropy, mask).weights, n)
+    dft = weighted_nll(log_probs, token_weights(LossConfig("dft"), log_probs, entropy, mask).weights, n)
+    gamma_0 = LossConfig("idft", gamma_min=0.0, gamma_max=0.0)
+    gamma_1 = LossConfig("idft", gamma_min=1.0, gamma_max=1.0)
+    assert weighted_nll(log_probs, token_weights(gamma_0, log_probs, entropy, mask).weights, n).item() == sft.item()
+    torch.testing.assert_close(
+        weighted_nll(log_probs, token_weights(gamma_1, log_probs, entropy, mask).weights, n), dft, rtol=1e-15, atol=0)
+    # during warm-up (lam = 0) IDFT is DFT whatever gamma_min/max
+    warm = LossConfig("idft", warmup_ratio=0.5)
+    torch.testing.assert_close(
+        weighted_nll(log_probs, token_weights(warm, log_probs, entropy, mask, progress=0.2).weights, n), dft)
+
+
+def test_iwsft_at_step_0_is_sft_exactly():
+    logits, targets, mask, *_ = batch()
+    log_probs, entropy = forward(logits, targets)
+    ref = log_probs.detach().clone()  # the reference is the initial model itself
+    n = int(mask.sum())
+    sft = weighted_nll(log_probs, token_weights(LossConfig("sft"), log_probs, entropy, mask).weights, n)
+    for level in ("sequence", "token"):
+        iw = token_weights(LossConfig("iwsft", iw_level=level, clip_low=0.2), log_probs, entropy, mask,
+                           ref_log_probs=ref)
+        assert weighted_nll(log_probs, iw.weights, n).item() == sft.item()
+
+
+def test_lambda_schedule():
+    assert idft_lambda(0.3) == 1.0
+    assert [idft_lambda(s, 0.2, 0.4) for s in (0.0, 0.19, 0.2, 0.4, 0.6, 0.9)] == pytest.approx(
+        [0, 0, 0, 0.5, 1, 1])
+
+
+def test_gamma_is_bounded_for_extreme_phi():
+    gamma = idft_gamma(torch.tensor([-1e4, -3.0, 0.0, 3.0, 1e4]), 1.0)
+    assert torch.isfinite(gamma).all()
+    assert gamma[0] == 2.0 and gamma[-1] == pytest.approx(0.1) and gamma[2] == 1.0
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(method="ppo"), "unknown loss 'ppo'"),
+    (dict(gamma_min=2.5, gamma_max=2.0), "--gamma-min <= --gamma-max"),
+    (dict(beta=0.0), "--beta must be > 0"),
+    (dict(warmup_ratio=0.8, transition_ratio=0.5), "--warmup-ratio"),
+    (dict(iw_level="word"), "--iw-level"),
+    (dict(clip_low=2.0, clip_high=1.0), "--clip-low <= --clip-high"),
+])
+def test_bad_options_say_what_to_change(change, message):
+    with pytest.raises(OpsftError, match=message):
+        dataclasses.replace(LossConfig(), **change).validate()
