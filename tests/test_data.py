@@ -11,7 +11,7 @@ import pytest
 
 from opsft.data import load_examples
 from opsft.errors import DataError, OpsftError
-from opsft.scoring import tokenize_for_scoring
+from opsft.rendering import tokenize_dataset
 
 PC_ROWS = [{"prompt": "Q: 1+1?\nA:", "completion": " 2"}, {"prompt": "Q: 2+2?\nA:", "completion": " 4"}]
 
@@ -124,12 +124,12 @@ def test_prompt_longer_than_max_length(tmp_path, tokenizer):
     rows = [{"prompt": "hello world " * 40, "completion": " ok"}, PC_ROWS[0]]
     data = load_examples(write_jsonl(tmp_path / "long.jsonl", rows))
     with pytest.raises(DataError, match=r"row 1: field 'prompt': is \d+ tokens, not shorter than --max-length 32"):
-        tokenize_for_scoring(data.examples, tokenizer, max_length=32, source="long.jsonl")
-    tokenized, skipped = tokenize_for_scoring(data.examples, tokenizer, max_length=32, skip_invalid=True)
+        tokenize_dataset(data.examples, tokenizer, max_length=32, source="long.jsonl")
+    tokenized, skipped = tokenize_dataset(data.examples, tokenizer, max_length=32, skip_invalid=True)
     assert [t.index for t in tokenized] == [1] and [e.reason for e in skipped] == ["prompt_too_long"]
 
 
 def test_long_completion_is_truncated_like_training(tmp_path, tokenizer):
     data = load_examples(write_jsonl(tmp_path / "d.jsonl", [{"prompt": "Q:", "completion": " 1 2 3" * 30}]))
-    (t,), _ = tokenize_for_scoring(data.examples, tokenizer, max_length=20)
+    (t,), _ = tokenize_dataset(data.examples, tokenizer, max_length=20)
     assert len(t.input_ids) == 20 and t.truncated

@@ -43,8 +43,8 @@ def logprobs_and_entropy(
     return log_probs, entropy
 
 
-def token_phi(log_probs: torch.Tensor, entropy: torch.Tensor) -> torch.Tensor:
-    """phi_t = log p_t(y_t) + H(p_t), per token (nats)."""
+def token_phi(log_probs, entropy):
+    """phi_t = log p_t(y_t) + H(p_t), per token (nats); tensors or arrays."""
     return log_probs + entropy
 
 

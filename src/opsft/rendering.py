@@ -11,9 +11,16 @@ result is then trained on as plain text, so a score still means the same thing a
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from trl.data_utils import common_prefix_length
+
+from .errors import DataError
+
+if TYPE_CHECKING:
+    from .data import Example
 
 Messages = list[dict[str, Any]]
 
@@ -58,3 +65,37 @@ def tokenize_example(prompt: str | Messages, completion: str | Messages, tokeniz
 
 def _chat_ids(tokenizer, messages: Messages, **kwargs) -> list[int]:
     return tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs)["input_ids"]
+
+
+@dataclass
+class TokenizedExample:
+    index: int
+    input_ids: list[int]
+    completion_start: int  # position of the first completion token in input_ids
+    truncated: bool  # the completion was cut at max_length (as training would cut it)
+
+
+def tokenize_dataset(examples: Sequence[Example], tokenizer, *, max_length: int = 1024,
+                         skip_invalid: bool = False, source: str = "data") -> tuple[list[TokenizedExample], list[DataError]]:
+    """Tokenize as training will; a prompt that fills max_length or a completion with no tokens is an
+    error (or, with skip_invalid, counted). A longer completion is truncated at max_length, as TRL does."""
+    tokenized, skipped = [], []
+    for example in examples:
+        input_ids, start = tokenize_example(example.prompt, example.completion, tokenizer)
+        try:
+            if start == 0:
+                raise DataError("renders to no tokens before the completion", source=source,
+                                row=example.index + 1, field="prompt", reason="empty_prompt")
+            if start >= max_length:
+                raise DataError(f"is {start} tokens, not shorter than --max-length {max_length}", source=source,
+                                row=example.index + 1, field="prompt", reason="prompt_too_long")
+            if len(input_ids) == start:
+                raise DataError("renders to no tokens", source=source, row=example.index + 1,
+                                field="completion", reason="empty_completion")
+        except DataError as error:
+            if not skip_invalid:
+                raise
+            skipped.append(error)
+            continue
+        tokenized.append(TokenizedExample(example.index, input_ids[:max_length], start, len(input_ids) > max_length))
+    return tokenized, skipped

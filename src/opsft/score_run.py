@@ -18,10 +18,10 @@ from pathlib import Path
 from .data import load_examples
 from .errors import DataError, OpsftError
 from .models import load_model
-from .rendering import prompt_format
+from .rendering import prompt_format, tokenize_dataset
 from .report import format_markdown, format_table, phi_summary, plot_histogram, worst_examples_html
 from .resumable import ResultLog
-from .scoring import iter_scored, score_token_ids, tokenize_for_scoring
+from .scoring import iter_scored, score_token_ids
 
 
 @dataclass
@@ -70,7 +70,7 @@ def run_score(config: ScoreConfig) -> dict:
                          messages_field=config.messages_field, answer_field=config.answer_field,
                          limit=config.limit, skip_invalid=config.skip_invalid)
     model, tokenizer = load_model(config.model, device=config.device)
-    tokenized, skipped = tokenize_for_scoring(data.examples, tokenizer, max_length=config.max_length,
+    tokenized, skipped = tokenize_dataset(data.examples, tokenizer, max_length=config.max_length,
                                               skip_invalid=config.skip_invalid, source=config.data)
     skipped = data.skipped + skipped
     if not tokenized:

@@ -18,15 +18,7 @@ from tqdm.auto import tqdm
 from .data import Example
 from .ddt import logprobs_and_entropy, phi_statistics, token_phi
 from .errors import DataError, OpsftError
-from .rendering import tokenize_example
-
-
-@dataclass
-class TokenizedExample:
-    index: int
-    input_ids: list[int]
-    completion_start: int  # position of the first completion token in input_ids
-    truncated: bool  # the completion was cut at max_length (as training would cut it)
+from .rendering import TokenizedExample, tokenize_dataset
 
 
 @dataclass
@@ -55,37 +47,11 @@ def score_examples(model, tokenizer, examples: Sequence[Example], *, temperature
                    max_length: int = 1024, batch_size: int = 8, skip_invalid: bool = False,
                    save_tokens: bool = False, source: str = "data", progress: bool = True) -> ScoreResult:
     """Score every example's completion under `model` at `temperature` (see tokenize_for_scoring for limits)."""
-    tokenized, skipped = tokenize_for_scoring(examples, tokenizer, max_length=max_length,
+    tokenized, skipped = tokenize_dataset(examples, tokenizer, max_length=max_length,
                                               skip_invalid=skip_invalid, source=source)
     scored = [s for batch in iter_scored(model, tokenized, temperature=temperature, batch_size=batch_size,
                                          save_tokens=save_tokens, progress=progress) for s in batch]
     return ScoreResult(sorted(scored, key=lambda s: s.index), skipped)
-
-
-def tokenize_for_scoring(examples: Sequence[Example], tokenizer, *, max_length: int = 1024,
-                         skip_invalid: bool = False, source: str = "data") -> tuple[list[TokenizedExample], list[DataError]]:
-    """Tokenize as training will; a prompt that fills max_length or a completion with no tokens is an
-    error (or, with skip_invalid, counted). A longer completion is truncated at max_length, as TRL does."""
-    tokenized, skipped = [], []
-    for example in examples:
-        input_ids, start = tokenize_example(example.prompt, example.completion, tokenizer)
-        try:
-            if start == 0:
-                raise DataError("renders to no tokens before the completion", source=source,
-                                row=example.index + 1, field="prompt", reason="empty_prompt")
-            if start >= max_length:
-                raise DataError(f"is {start} tokens, not shorter than --max-length {max_length}", source=source,
-                                row=example.index + 1, field="prompt", reason="prompt_too_long")
-            if len(input_ids) == start:
-                raise DataError("renders to no tokens", source=source, row=example.index + 1,
-                                field="completion", reason="empty_completion")
-        except DataError as error:
-            if not skip_invalid:
-                raise
-            skipped.append(error)
-            continue
-        tokenized.append(TokenizedExample(example.index, input_ids[:max_length], start, len(input_ids) > max_length))
-    return tokenized, skipped
 
 
 def iter_scored(model, tokenized: Sequence[TokenizedExample], *, temperature: float = 1.0, batch_size: int = 8,
@@ -107,22 +73,33 @@ def _scored(t: TokenizedExample, phi: np.ndarray, save_tokens: bool) -> ScoredEx
     return ScoredExample(index=t.index, truncated=t.truncated, **phi_statistics(phi), **tokens)
 
 
-@torch.no_grad()
 def score_token_ids(model, sequences: Sequence[tuple[Sequence[int], int]], *, temperature: float = 1.0,
                     batch_size: int = 8, padding_side: str = "right") -> list[np.ndarray]:
     """phi_t (float64 array, nats) for the tokens input_ids[start:] of each (input_ids, start) pair, in order.
 
     Token t is scored by the model's distribution given input_ids[:t], at `temperature`; start >= 1.
     """
+    return [token_phi(log_p, entropy) for log_p, entropy in
+            _per_token(model, sequences, temperature, batch_size, padding_side)]
+
+
+def token_logprobs(model, sequences: Sequence[tuple[Sequence[int], int]], *, batch_size: int = 8) -> list[np.ndarray]:
+    """log p(y_t | y_<t) (float64 array, nats) for the tokens input_ids[start:] of each pair, in order."""
+    return [log_p for log_p, _ in _per_token(model, sequences, 1.0, batch_size, "right")]
+
+
+@torch.no_grad()
+def _per_token(model, sequences, temperature, batch_size, padding_side) -> list[tuple[np.ndarray, np.ndarray]]:
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     out = []
     for first in range(0, len(sequences), batch_size):
-        out.extend(_batch_phi(model, sequences[first:first + batch_size], temperature, padding_side))
+        out.extend(_batch_logprobs_and_entropy(model, sequences[first:first + batch_size], temperature,
+                                               padding_side))
     return out
 
 
-def _batch_phi(model, batch, temperature, padding_side) -> list[np.ndarray]:
+def _batch_logprobs_and_entropy(model, batch, temperature, padding_side) -> list[tuple[np.ndarray, np.ndarray]]:
     if hasattr(model, "get_base_model"):  # PEFT: the LoRA layers are inside the base model
         model = model.get_base_model()
     device = model.get_output_embeddings().weight.device
@@ -146,8 +123,8 @@ def _batch_phi(model, batch, temperature, padding_side) -> list[np.ndarray]:
     log_probs, entropy = logprobs_and_entropy(
         hidden[:, :-1][predicts], head.weight, head.bias, input_ids[:, 1:].to(device)[predicts],
         temperature=temperature, softcap=softcap, logit_scale=logit_scale)
-    phi = token_phi(log_probs, entropy).double().cpu().numpy()
-    return np.split(phi, np.cumsum(predicts.sum(-1).cpu().numpy())[:-1])
+    cuts = np.cumsum(predicts.sum(-1).cpu().numpy())[:-1]
+    return list(zip(np.split(log_probs.double().cpu().numpy(), cuts), np.split(entropy.double().cpu().numpy(), cuts)))
 
 
 def head_transform(config) -> tuple[float | None, float]:
