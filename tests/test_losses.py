@@ -36,9 +36,9 @@ CONFIGS = {
     "sft": LossConfig("sft"),
     "dft": LossConfig("dft"),
     "idft": LossConfig("idft"),
-    "idft_schedule": LossConfig("idft", beta=0.5, gamma_min=0.3, gamma_max=1.5, warmup_ratio=0.2,
-                                transition_ratio=0.5),
-    "iwsft_sequence": LossConfig("iwsft", kappa=0.7, w_max=3.0),
+    "idft_schedule": LossConfig("idft", idft_beta=0.5, idft_gamma_min=0.3, idft_gamma_max=1.5, idft_warmup_ratio=0.2,
+                                idft_transition_ratio=0.5),
+    "iwsft_sequence": LossConfig("iwsft", iw_kappa=0.7, iw_w_max=3.0),
     "iwsft_token": LossConfig("iwsft", iw_level="token"),
     "sftq": LossConfig("sftq"),
 }
@@ -51,29 +51,29 @@ def reference_weights(config: LossConfig, logits, targets, mask, ref, quality, p
         for b in range(B):
             tokens = [t for t in range(T) if mask[b, t]]
             log_p = {t: F.log_softmax(logits[b, t], -1)[targets[b, t]].item() for t in tokens}
-            if config.method == "iwsft" and config.iw_level == "sequence":
+            if config.loss == "iwsft" and config.iw_level == "sequence":
                 mean = sum(log_p[t] - ref[b, t].item() for t in tokens) / len(tokens)
-                seq_w = min(max(math.exp(config.kappa * mean), 0), config.w_max)
+                seq_w = min(max(math.exp(config.iw_kappa * mean), 0), config.iw_w_max)
             for t in tokens:
                 p = math.exp(log_p[t])
-                if config.method == "sft":
+                if config.loss == "sft":
                     w[b, t] = 1
-                elif config.method == "dft":
+                elif config.loss == "dft":
                     w[b, t] = p
-                elif config.method == "idft":
+                elif config.loss == "idft":
                     probs = F.softmax(logits[b, t], -1)
                     phi = log_p[t] - (probs * probs.log()).sum().item()
                     s = progress
-                    lam = 0 if s < config.warmup_ratio else (
-                        1 if config.transition_ratio == 0 else min(1, (s - config.warmup_ratio) / config.transition_ratio))
-                    gamma = 1 + lam * (min(max(math.exp(-phi / config.beta), config.gamma_min),
-                                           config.gamma_max) - 1)
+                    lam = 0 if s < config.idft_warmup_ratio else (
+                        1 if config.idft_transition_ratio == 0 else min(1, (s - config.idft_warmup_ratio) / config.idft_transition_ratio))
+                    gamma = 1 + lam * (min(max(math.exp(-phi / config.idft_beta), config.idft_gamma_min),
+                                           config.idft_gamma_max) - 1)
                     w[b, t] = p ** gamma
-                elif config.method == "iwsft":
+                elif config.loss == "iwsft":
                     w[b, t] = seq_w if config.iw_level == "sequence" else min(
-                        max(math.exp(log_p[t] - ref[b, t].item()), config.clip_low),
-                        config.clip_high)
-                elif config.method == "sftq":
+                        max(math.exp(log_p[t] - ref[b, t].item()), config.iw_clip_low),
+                        config.iw_clip_high)
+                elif config.loss == "sftq":
                     w[b, t] = quality[b]
     return w
 
@@ -115,13 +115,13 @@ def test_idft_with_gamma_forced_to_0_is_sft_and_to_1_is_dft():
     n = int(mask.sum())
     sft = weighted_nll(log_probs, token_weights(LossConfig("sft"), log_probs, entropy, mask).weights, n)
     dft = weighted_nll(log_probs, token_weights(LossConfig("dft"), log_probs, entropy, mask).weights, n)
-    gamma_0 = LossConfig("idft", gamma_min=0.0, gamma_max=0.0)
-    gamma_1 = LossConfig("idft", gamma_min=1.0, gamma_max=1.0)
+    gamma_0 = LossConfig("idft", idft_gamma_min=0.0, idft_gamma_max=0.0)
+    gamma_1 = LossConfig("idft", idft_gamma_min=1.0, idft_gamma_max=1.0)
     assert weighted_nll(log_probs, token_weights(gamma_0, log_probs, entropy, mask).weights, n).item() == sft.item()
     torch.testing.assert_close(
         weighted_nll(log_probs, token_weights(gamma_1, log_probs, entropy, mask).weights, n), dft, rtol=1e-15, atol=0)
     # during warm-up (lam = 0) IDFT is DFT whatever gamma_min/max
-    warm = LossConfig("idft", warmup_ratio=0.5)
+    warm = LossConfig("idft", idft_warmup_ratio=0.5)
     torch.testing.assert_close(
         weighted_nll(log_probs, token_weights(warm, log_probs, entropy, mask, progress=0.2).weights, n), dft)
 
@@ -133,7 +133,7 @@ def test_iwsft_at_step_0_is_sft_exactly():
     n = int(mask.sum())
     sft = weighted_nll(log_probs, token_weights(LossConfig("sft"), log_probs, entropy, mask).weights, n)
     for level in ("sequence", "token"):
-        iw = token_weights(LossConfig("iwsft", iw_level=level, clip_low=0.2), log_probs, entropy, mask,
+        iw = token_weights(LossConfig("iwsft", iw_level=level, iw_clip_low=0.2), log_probs, entropy, mask,
                            ref_log_probs=ref)
         assert weighted_nll(log_probs, iw.weights, n).item() == sft.item()
 
@@ -151,12 +151,12 @@ def test_gamma_is_bounded_for_extreme_phi():
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(method="ppo"), "unknown loss 'ppo'"),
-    (dict(gamma_min=2.5, gamma_max=2.0), "--gamma-min <= --gamma-max"),
-    (dict(beta=0.0), "--beta must be > 0"),
-    (dict(warmup_ratio=0.8, transition_ratio=0.5), "--warmup-ratio"),
+    (dict(loss="ppo"), "unknown loss 'ppo'"),
+    (dict(idft_gamma_min=2.5, idft_gamma_max=2.0), "--idft-gamma-min <= --idft-gamma-max"),
+    (dict(idft_beta=0.0), "--idft-beta must be > 0"),
+    (dict(idft_warmup_ratio=0.8, idft_transition_ratio=0.5), "--idft-warmup-ratio"),
     (dict(iw_level="word"), "--iw-level"),
-    (dict(clip_low=2.0, clip_high=1.0), "--clip-low <= --clip-high"),
+    (dict(iw_clip_low=2.0, iw_clip_high=1.0), "--iw-clip-low <= --iw-clip-high"),
 ])
 def test_bad_options_say_what_to_change(change, message):
     with pytest.raises(OpsftError, match=message):

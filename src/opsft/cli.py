@@ -14,10 +14,13 @@ import yaml
 
 from .errors import OpsftError
 from .score_run import ScoreConfig, run_score
+from .train_run import TrainConfig, run_train
 
 COMMANDS = {
     "score": (ScoreConfig, run_score,
               "DDT: how far a dataset lies from a model's own distribution (phi per token and per example)"),
+    "train": (TrainConfig, run_train,
+              "fine-tune with SFT, DFT, IDFT, iw-SFT or SFT(Q) on TRL (full or LoRA; resumable)"),
 }
 
 
@@ -45,9 +48,11 @@ def main(argv: list[str] | None = None) -> int:
 def _add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        if f.metadata.get("yaml_only"):
+            continue
         kind = _base_type(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
-        required = f.default is dataclasses.MISSING
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         help_text = f.metadata.get("help", "") + ("" if required else f" (default: {f.default})")
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
@@ -79,7 +84,8 @@ def _build_config(cls, args: dict, parser: argparse.ArgumentParser):
         if unknown:
             parser.error(f"--config {path}: unknown options {unknown}")
     values.update({k: v for k, v in args.items() if k in names})
-    missing = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.name not in values]
+    missing = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING and f.name not in values]
     if missing:
         parser.error("missing " + ", ".join("--" + m.replace("_", "-") for m in missing))
     return cls(**values)

@@ -30,40 +30,44 @@ from .errors import OpsftError
 METHODS = ("sft", "dft", "idft", "idft_legacy", "iwsft", "sftq")
 
 
-@dataclass(frozen=True)
+def _option(default, help_text, **extra):
+    return field(default=default, metadata={"help": help_text, **extra})
+
+
+@dataclass
 class LossConfig:
-    method: str = "sft"
-    # IDFT: gamma_t from phi_t = log p_t(y_t) + H(p_t) of the current model (tau = 1)
-    beta: float = 1.0
-    gamma_min: float = 0.1
-    gamma_max: float = 2.0
-    warmup_ratio: float = 0.0  # lam = 0 (DFT) before this share of training ...
-    transition_ratio: float = 0.0  # ... then rises linearly to 1 over this share
-    # iw-SFT: the reference is the frozen initial model
-    iw_level: str = "sequence"  # or "token"
-    kappa: float = 1.0
-    w_max: float = 16.0
-    clip_low: float = 0.2
-    clip_high: float = 1.8
-    # SFT(Q)
-    quality_mode: str = "weight"  # or "sample"
-    extra: dict = field(default_factory=dict, compare=False, repr=False)
+    """The loss and its options (SPEC §2 defaults); the field names are the command-line flags."""
+
+    loss: str = _option("sft", "loss: " + ", ".join(METHODS), choices=list(METHODS))
+    idft_beta: float = _option(1.0, "IDFT beta: gamma from exp(-phi / beta)")
+    idft_gamma_min: float = _option(0.1, "IDFT lower clamp of exp(-phi / beta)")
+    idft_gamma_max: float = _option(2.0, "IDFT upper clamp of exp(-phi / beta)")
+    idft_warmup_ratio: float = _option(0.0, "IDFT: share of training with lam = 0 (DFT)")
+    idft_transition_ratio: float = _option(0.0, "IDFT: share of training over which lam rises to 1")
+    iw_level: str = _option("sequence", "iw-SFT weight per sequence or per token", choices=["sequence", "token"])
+    iw_kappa: float = _option(1.0, "iw-SFT (sequence): exp(kappa * mean log ratio)")
+    iw_w_max: float = _option(16.0, "iw-SFT (sequence): largest weight")
+    iw_clip_low: float = _option(0.2, "iw-SFT (token): lower clip of the ratio")
+    iw_clip_high: float = _option(1.8, "iw-SFT (token): upper clip of the ratio")
+    quality_mode: str = _option("weight", "SFT(Q): weight tokens by quality, or sample examples in proportion "
+                                          "to it", choices=["weight", "sample"])
 
     def validate(self) -> None:
         """Raise an OpsftError that says what to change."""
-        if self.method not in METHODS:
-            raise OpsftError(f"unknown loss '{self.method}': choose one of {', '.join(METHODS)}")
+        if self.loss not in METHODS:
+            raise OpsftError(f"unknown loss '{self.loss}': choose one of {', '.join(METHODS)}")
         checks = [
-            (self.beta > 0, f"--beta must be > 0 (got {self.beta})"),
-            (0 <= self.gamma_min <= self.gamma_max,
-             f"need 0 <= --gamma-min <= --gamma-max (got {self.gamma_min} > {self.gamma_max})"
-             if self.gamma_min > self.gamma_max else f"--gamma-min must be >= 0 (got {self.gamma_min})"),
-            (0 <= self.warmup_ratio <= 1 and 0 <= self.transition_ratio <= 1 - self.warmup_ratio,
-             "need 0 <= --warmup-ratio and --warmup-ratio + --transition-ratio <= 1"),
+            (self.idft_beta > 0, f"--idft-beta must be > 0 (got {self.idft_beta})"),
+            (self.idft_gamma_min <= self.idft_gamma_max,
+             f"need --idft-gamma-min <= --idft-gamma-max (got {self.idft_gamma_min} > {self.idft_gamma_max})"),
+            (self.idft_gamma_min >= 0, f"--idft-gamma-min must be >= 0 (got {self.idft_gamma_min})"),
+            (0 <= self.idft_warmup_ratio and 0 <= self.idft_transition_ratio
+             and self.idft_warmup_ratio + self.idft_transition_ratio <= 1,
+             "need --idft-warmup-ratio, --idft-transition-ratio >= 0 with a sum <= 1"),
             (self.iw_level in ("sequence", "token"), f"--iw-level must be sequence or token (got {self.iw_level})"),
-            (self.w_max > 0, f"--w-max must be > 0 (got {self.w_max})"),
-            (0 <= self.clip_low <= self.clip_high,
-             f"need 0 <= --clip-low <= --clip-high (got {self.clip_low}, {self.clip_high})"),
+            (self.iw_w_max > 0, f"--iw-w-max must be > 0 (got {self.iw_w_max})"),
+            (0 <= self.iw_clip_low <= self.iw_clip_high,
+             f"need 0 <= --iw-clip-low <= --iw-clip-high (got {self.iw_clip_low}, {self.iw_clip_high})"),
             (self.quality_mode in ("weight", "sample"),
              f"--quality-mode must be weight or sample (got {self.quality_mode})"),
         ]
@@ -73,11 +77,11 @@ class LossConfig:
 
     @property
     def needs_reference(self) -> bool:
-        return self.method == "iwsft"
+        return self.loss == "iwsft"
 
     @property
     def needs_quality(self) -> bool:
-        return self.method == "sftq"
+        return self.loss == "sftq"
 
 
 @dataclass
@@ -104,7 +108,7 @@ def idft_gamma(phi: torch.Tensor, lam: float, beta: float = 1.0, gamma_min: floa
 def token_weights(config: LossConfig, log_probs: torch.Tensor, entropy: torch.Tensor | None, mask: torch.Tensor, *,
                   progress: float = 0.0, ref_log_probs: torch.Tensor | None = None,
                   quality: torch.Tensor | None = None) -> TokenWeights:
-    """w_t for `config.method` from per-token log p_theta(y_t) and H(p_t) ([B, T]) and the completion mask.
+    """w_t for `config.loss` from per-token log p_theta(y_t) and H(p_t) ([B, T]) and the completion mask.
 
     `ref_log_probs` ([B, T], aligned with log_probs) is needed by iwsft, `quality` ([B]) by sftq;
     `progress` in [0, 1] drives IDFT's lam schedule.
@@ -112,7 +116,7 @@ def token_weights(config: LossConfig, log_probs: torch.Tensor, entropy: torch.Te
     mask = mask.to(log_probs.dtype)
     log_p = log_probs.detach()
     stats: dict[str, torch.Tensor] = {}
-    method = config.method
+    method = config.loss
     if method == "sft" or (method == "sftq" and config.quality_mode == "sample"):
         weights = torch.ones_like(log_p)
     elif method == "dft":
@@ -121,8 +125,8 @@ def token_weights(config: LossConfig, log_probs: torch.Tensor, entropy: torch.Te
         if entropy is None:
             raise ValueError("IDFT needs the entropy of p_t")
         phi = log_p + entropy.detach()
-        lam = idft_lambda(progress, config.warmup_ratio, config.transition_ratio)
-        gamma = idft_gamma(phi, lam, config.beta, config.gamma_min, config.gamma_max)
+        lam = idft_lambda(progress, config.idft_warmup_ratio, config.idft_transition_ratio)
+        gamma = idft_gamma(phi, lam, config.idft_beta, config.idft_gamma_min, config.idft_gamma_max)
         weights = torch.exp(gamma * (log_probs if method == "idft_legacy" else log_p))
         stats.update(phi=phi, gamma=gamma, lam=torch.tensor(lam))
     elif method == "iwsft":
@@ -131,15 +135,15 @@ def token_weights(config: LossConfig, log_probs: torch.Tensor, entropy: torch.Te
         log_ratio = (log_p - ref_log_probs) * mask
         if config.iw_level == "sequence":
             mean_ratio = log_ratio.sum(-1) / mask.sum(-1).clamp(min=1)
-            raw = torch.exp(config.kappa * mean_ratio)
-            sequence_weights = raw.clamp(0, config.w_max)
+            raw = torch.exp(config.iw_kappa * mean_ratio)
+            sequence_weights = raw.clamp(0, config.iw_w_max)
             weights = sequence_weights[:, None].expand_as(log_p)
             has_tokens = mask.sum(-1) > 0
-            stats.update(sequence_weight=sequence_weights[has_tokens], clipped=(raw > config.w_max)[has_tokens])
+            stats.update(sequence_weight=sequence_weights[has_tokens], clipped=(raw > config.iw_w_max)[has_tokens])
         else:
             raw = torch.exp(log_ratio)
-            weights = raw.clamp(config.clip_low, config.clip_high)
-            stats.update(clipped=((raw < config.clip_low) | (raw > config.clip_high))[mask.bool()])
+            weights = raw.clamp(config.iw_clip_low, config.iw_clip_high)
+            stats.update(clipped=((raw < config.iw_clip_low) | (raw > config.iw_clip_high))[mask.bool()])
     elif method == "sftq":
         if quality is None:
             raise ValueError("SFT(Q) needs per-example quality scores")

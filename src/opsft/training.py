@@ -1,0 +1,145 @@
+"""The loss family (losses.py) inside TRL's SFTTrainer.
+
+TRL's fused LM head gives per-token log p(y_t), H(p_t) and top-1 hits without building logits. This
+trainer turns them into the family's weights and loss, keeps TRL's normaliser (`num_items_in_batch`:
+completion tokens of the whole accumulated, data-parallel batch), and logs what the loss is doing.
+
+Data reach it pre-tokenized by rendering.tokenize_dataset (the same tokens `opsft score` sees), with
+two optional columns aligned to input_ids: `ref_log_probs` (iw-SFT) and `quality` (SFT(Q)).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from datasets import Dataset
+from torch.nn.utils.rnn import pad_sequence
+from trl import SFTTrainer
+from trl.trainer import add_fused_lm_head
+
+from .losses import LossConfig, token_weights, weighted_nll
+from .rendering import TokenizedExample
+
+REF_COLUMN, QUALITY_COLUMN = "ref_log_probs", "quality"
+
+
+def build_train_dataset(tokenized: list[TokenizedExample], *, ref_log_probs: dict[int, list[float]] | None = None,
+                        quality: dict[int, float] | None = None) -> Dataset:
+    """Rows of input_ids and labels (-100 on the prompt), plus the optional columns, keyed by example index."""
+    rows = []
+    for t in tokenized:
+        start = t.completion_start
+        row: dict[str, Any] = {"input_ids": t.input_ids, "labels": [-100] * start + t.input_ids[start:]}
+        if ref_log_probs is not None:
+            row[REF_COLUMN] = [0.0] * start + list(ref_log_probs[t.index])[: len(t.input_ids) - start]
+        if quality is not None:
+            row[QUALITY_COLUMN] = float(quality[t.index])
+        rows.append(row)
+    return Dataset.from_list(rows)
+
+
+@dataclass
+class FamilyCollator:
+    """TRL's collator for input_ids/labels, plus the reference log-probs (right-padded like input_ids)
+    and the quality scores."""
+
+    base: Any  # trl's DataCollatorForLanguageModeling
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        batch = self.base([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples])
+        if REF_COLUMN in examples[0]:
+            batch[REF_COLUMN] = pad_sequence([torch.tensor(e[REF_COLUMN], dtype=torch.float32) for e in examples],
+                                             batch_first=True, padding_value=0.0)
+        if QUALITY_COLUMN in examples[0]:
+            batch[QUALITY_COLUMN] = torch.tensor([e[QUALITY_COLUMN] for e in examples], dtype=torch.float32)
+        return batch
+
+
+class FamilySFTTrainer(SFTTrainer):
+    """SFTTrainer whose loss is losses.weighted_nll with losses.token_weights for `loss_config`.
+
+    iw-SFT's reference log-probs come from the batch (precomputed column) or, with `ref_model`, from a
+    frozen copy of the initial model; with LoRA and reference "frozen", from the base model with the
+    adapter disabled (`ref_model="adapter-off"`).
+    """
+
+    def __init__(self, *args, loss_config: LossConfig, ref_model=None, sample_weights=None, **kwargs):
+        self.sample_weights = sample_weights  # SFT(Q) sampling: draw examples in proportion to these
+        super().__init__(*args, **kwargs)
+        self.loss_config = loss_config
+        self.ref_model = ref_model
+        if isinstance(ref_model, torch.nn.Module):
+            add_fused_lm_head(ref_model, outputs=("log_probs",))
+            self.ref_model = self.accelerator.prepare_model(ref_model.eval(), evaluation_mode=True)
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.sample_weights is None:
+            return super()._get_train_sampler(train_dataset)
+        generator = torch.Generator().manual_seed(self.args.seed)
+        return torch.utils.data.WeightedRandomSampler(self.sample_weights, num_samples=len(self.sample_weights),
+                                                      replacement=True, generator=generator)
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        self._signature_columns = list(self._signature_columns) + [REF_COLUMN, QUALITY_COLUMN]
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        ref_log_probs, quality = inputs.pop(REF_COLUMN, None), inputs.pop(QUALITY_COLUMN, None)
+        inputs["use_cache"] = False
+        outputs = model(**inputs, fused_lm_head=True)
+        if self.loss_config.needs_reference:
+            ref_log_probs = ref_log_probs[:, 1:] if ref_log_probs is not None else self._reference(model, inputs)
+        progress = self.state.global_step / self.state.max_steps if self.state.max_steps else 0.0
+        terms = token_weights(self.loss_config, outputs.log_probs, outputs.entropy, outputs.label_mask,
+                              progress=progress, ref_log_probs=ref_log_probs, quality=quality)
+        num_tokens = outputs.label_mask.sum() if num_items_in_batch is None else num_items_in_batch
+        loss = weighted_nll(outputs.log_probs, terms.weights, num_tokens)
+        # As TRL: num_items_in_batch counts every rank's tokens, and DDP averages gradients across ranks
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+        self._record_metrics(inputs, outputs, terms)
+        return (loss, outputs) if return_outputs else loss
+
+    @torch.no_grad()
+    def _reference(self, model, inputs) -> torch.Tensor:
+        if self.ref_model == "adapter-off":
+            with self.accelerator.unwrap_model(model).disable_adapter():
+                return model(**inputs, fused_lm_head=True).log_probs
+        if self.ref_model is None:
+            raise ValueError("iw-SFT needs reference log-probs: a ref_log_probs column or a ref_model")
+        return self.ref_model(**inputs, fused_lm_head=True).log_probs
+
+    def _record_metrics(self, inputs, outputs, terms) -> None:
+        """Per step, across processes: entropy, token accuracy, tokens seen, and the method's weights."""
+        mode = "train" if self.model.training else "eval"
+        metrics = self._metrics[mode]
+        gather = self.accelerator.gather_for_metrics
+        mask = outputs.label_mask
+
+        def mean(values, where=mask):
+            return (gather((values.detach().float() * where).sum()).sum() / gather(where.sum()).sum().clamp(min=1))
+
+        metrics["nll"].append(mean(-outputs.log_probs).item())  # plain SFT loss, comparable across methods
+        metrics["entropy"].append(mean(outputs.entropy).item())
+        metrics["mean_token_accuracy"].append(mean(outputs.is_top1).item())
+        weights = terms.weights.detach()
+        metrics["weight/mean"].append(mean(weights).item())
+        metrics["weight/min"].append(gather(weights[mask].min()).min().item())
+        metrics["weight/max"].append(gather(weights[mask].max()).max().item())
+        stats = terms.stats
+        if "phi" in stats:
+            phi_mean = mean(stats["phi"])
+            metrics["idft/phi_mean"].append(phi_mean.item())
+            metrics["idft/phi_std"].append((mean(stats["phi"] ** 2) - phi_mean ** 2).clamp(min=0).sqrt().item())
+            metrics["idft/gamma_mean"].append(mean(stats["gamma"]).item())
+            metrics["idft/lambda"].append(float(stats["lam"]))
+        if "sequence_weight" in stats:
+            metrics["iwsft/sequence_weight_mean"].append(gather(stats["sequence_weight"]).mean().item())
+            metrics["iwsft/sequence_weight_max"].append(gather(stats["sequence_weight"]).max().item())
+        if "clipped" in stats:
+            metrics["iwsft/clipped_fraction"].append(gather(stats["clipped"].float()).mean().item())
+        if mode == "train":
+            self._total_train_tokens += gather(inputs["attention_mask"].sum()).sum().item()
+        metrics["num_tokens"] = [self._total_train_tokens]
