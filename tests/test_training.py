@@ -178,6 +178,19 @@ def test_bad_configuration_fails_before_training(model_dir, data_path, tmp_path,
     assert not (tmp_path / "final").exists()
 
 
+def test_iwsft_reference_from_a_scored_dataset_equals_the_precomputed_one(model_dir, data_path, tmp_path):
+    """`opsft score --save-tokens` writes token_logprob; iw-SFT can read it back as its reference."""
+    from opsft.cli import main
+
+    assert main(["score", "--model", str(model_dir), "--data", data_path, "--prompt-field", "question",
+                 "--completion-field", "solution", "--save-tokens", "--out", str(tmp_path / "s"),
+                 "--no-progress"]) == 0
+    scored = str(tmp_path / "s" / "scored.jsonl")
+    from_field = run_train(config(model_dir, scored, tmp_path / "f", loss="iwsft", iw_reference="field", max_steps=3))
+    precomputed = run_train(config(model_dir, data_path, tmp_path / "p", loss="iwsft", max_steps=3))
+    assert logged(from_field, "loss") == pytest.approx(logged(precomputed, "loss"), rel=1e-5)
+
+
 def test_negative_quality_names_the_row(model_dir, tmp_path):
     path = tmp_path / "q.jsonl"
     path.write_text("".join(json.dumps(dict(r, quality=-1.0 if i == 2 else 1.0)) + "\n" for i, r in enumerate(ROWS)))

@@ -32,9 +32,11 @@ class ScoredExample:
     truncated: bool
     token_ids: list[int] | None = None  # completion tokens, with save_tokens
     token_phi: list[float] | None = None
+    token_logprob: list[float] | None = None  # log p_t(y_t) at the scoring temperature (iw-SFT's reference at 1)
 
     def summary(self) -> dict:
-        return {k: v for k, v in vars(self).items() if k not in ("index", "token_ids", "token_phi") or v is not None}
+        """Everything but the index, the per-token arrays only when saved."""
+        return {k: v for k, v in vars(self).items() if k != "index" and v is not None}
 
 
 @dataclass
@@ -46,7 +48,7 @@ class ScoreResult:
 def score_examples(model, tokenizer, examples: Sequence[Example], *, temperature: float = 1.0,
                    max_length: int = 1024, batch_size: int = 8, skip_invalid: bool = False,
                    save_tokens: bool = False, source: str = "data", progress: bool = True) -> ScoreResult:
-    """Score every example's completion under `model` at `temperature` (see tokenize_for_scoring for limits)."""
+    """Score every example's completion under `model` at `temperature` (see tokenize_dataset for limits)."""
     tokenized, skipped = tokenize_dataset(examples, tokenizer, max_length=max_length,
                                               skip_invalid=skip_invalid, source=source)
     scored = [s for batch in iter_scored(model, tokenized, temperature=temperature, batch_size=batch_size,
@@ -62,14 +64,16 @@ def iter_scored(model, tokenized: Sequence[TokenizedExample], *, temperature: fl
               disable=not progress) as bar:
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]
-            phis = score_token_ids(model, [(t.input_ids, t.completion_start) for t in batch],
-                                   temperature=temperature, batch_size=len(batch))
-            yield [_scored(t, phi, save_tokens) for t, phi in zip(batch, phis)]
-            bar.update(sum(len(phi) for phi in phis))
+            per_token = _per_token(model, [(t.input_ids, t.completion_start) for t in batch], temperature,
+                                   len(batch), "right")
+            yield [_scored(t, log_p, entropy, save_tokens) for t, (log_p, entropy) in zip(batch, per_token)]
+            bar.update(sum(len(log_p) for log_p, _ in per_token))
 
 
-def _scored(t: TokenizedExample, phi: np.ndarray, save_tokens: bool) -> ScoredExample:
-    tokens = dict(token_ids=t.input_ids[t.completion_start:], token_phi=phi.tolist()) if save_tokens else {}
+def _scored(t: TokenizedExample, log_p: np.ndarray, entropy: np.ndarray, save_tokens: bool) -> ScoredExample:
+    phi = token_phi(log_p, entropy)
+    tokens = dict(token_ids=t.input_ids[t.completion_start:], token_phi=phi.tolist(),
+                  token_logprob=log_p.tolist()) if save_tokens else {}
     return ScoredExample(index=t.index, truncated=t.truncated, **phi_statistics(phi), **tokens)
 
 
