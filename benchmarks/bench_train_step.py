@@ -18,10 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
 import time
+
+# Blocks above 16 KiB are mmapped and returned to the system when freed, so the peak resident set of a
+# child tracks the peak of live tensors instead of the C allocator's retained free lists.
+CHILD_ENV = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "16384"}
 
 METHODS = ["sft", "dft", "idft", "iwsft", "sftq"]
 
@@ -72,11 +77,13 @@ def methods_child(model_name: str, method: str, steps: int) -> dict:
     trainer = FamilySFTTrainer(model=model, args=args, processing_class=tokenizer, train_dataset=dataset,
                                data_collator=collator, loss_config=LossConfig(loss=method))
     trainer.state.max_steps = 100
+    trainer.current_gradient_accumulation_steps = 1  # set by the training loop in a real run
     batch = collator([dataset[i] for i in range(len(dataset))])
+    num_items = (batch["labels"][:, 1:] != -100).sum()
     optimizer = torch.optim.AdamW(trainer.model.parameters(), lr=1e-5)
 
     def step():
-        trainer.training_step(trainer.model, dict(batch))
+        trainer.training_step(trainer.model, dict(batch), num_items)
         optimizer.step()
         optimizer.zero_grad(set_to_none=False)
 
@@ -133,7 +140,7 @@ def head_child(method: str, tokens: int) -> dict:
 
 
 def spawn(*args: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True, env=CHILD_ENV, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -93,12 +93,13 @@ class RecordGradients(TrainerCallback):
         self.grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("loss", ["sft", "dft", "idft", "iwsft", "sftq"])
-def test_gradient_accumulation_does_not_change_the_gradient(model_dir, data_path, tmp_path, loss):
+@pytest.mark.parametrize("name", ["sft", "dft", "idft", "iwsft", "iwsft_token", "sftq", "sftq_sample"])
+def test_gradient_accumulation_does_not_change_the_gradient(model_dir, data_path, tmp_path, name):
+    options = {"loss": name, **METHODS.get(name, {})}
     grads = []
     for batch, accumulation in ((4, 1), (2, 2)):
         record = RecordGradients()
-        run_train(config(model_dir, data_path, tmp_path / f"{batch}", loss=loss, limit=4, max_steps=1,
+        run_train(config(model_dir, data_path, tmp_path / f"{batch}", **options, limit=4, max_steps=1,
                          per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
                          max_grad_norm=1e9), callbacks=[record])
         grads.append(record.grads)
@@ -196,3 +197,14 @@ def test_negative_quality_names_the_row(model_dir, tmp_path):
     path.write_text("".join(json.dumps(dict(r, quality=-1.0 if i == 2 else 1.0)) + "\n" for i, r in enumerate(ROWS)))
     with pytest.raises(DataError, match=r"q.jsonl: row 3: field 'quality': must be a number >= 0 \(got -1.0\)"):
         run_train(config(model_dir, str(path), tmp_path / "o", loss="sftq", max_steps=1))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
+def test_smollm2_trains_with_idft(tmp_path, lora):
+    summary = run_train(TrainConfig(model="smollm2-135m", data="gym:gsm_symbolic?size=4&seed=0", loss="idft",
+                                    lora=lora, max_steps=2, per_device_train_batch_size=2, logging_steps=1,
+                                    output_dir=str(tmp_path), progress=False, save_steps=1000))
+    for key in ("loss", "nll", "entropy", "mean_token_accuracy", "idft/phi_mean", "idft/gamma_mean", "idft/lambda"):
+        assert len(logged(summary, key)) == 2, key
+    assert (tmp_path / "final" / ("adapter_config.json" if lora else "config.json")).exists()
