@@ -208,3 +208,24 @@ def test_smollm2_trains_with_idft(tmp_path, lora):
     for key in ("loss", "nll", "entropy", "mean_token_accuracy", "idft/phi_mean", "idft/gamma_mean", "idft/lambda"):
         assert len(logged(summary, key)) == 2, key
     assert (tmp_path / "final" / ("adapter_config.json" if lora else "config.json")).exists()
+
+
+def test_gradient_checkpointing_gives_the_same_step(model_dir, data_path, tmp_path):
+    plain = run_train(config(model_dir, data_path, tmp_path / "a", loss="idft", max_steps=2))
+    checkpointed = run_train(config(model_dir, data_path, tmp_path / "b", loss="idft", max_steps=2,
+                                    gradient_checkpointing=True))
+    assert logged(checkpointed, "loss") == pytest.approx(logged(plain, "loss"), rel=1e-5)
+
+
+def test_train_command_reads_yaml_with_extra_trl_options(model_dir, data_path, tmp_path):
+    from opsft.cli import main
+
+    yaml_file = tmp_path / "train.yaml"
+    yaml_file.write_text(f"model: {model_dir}\ndata: {data_path}\nprompt_field: question\ncompletion_field: solution\n"
+                         f"loss: dft\nmax_steps: 2\nlogging_steps: 1\nprogress: false\n"
+                         f"sft_args:\n  optim: sgd\n  save_strategy: 'no'\n")
+    assert main(["train", "--config", str(yaml_file), "--loss", "idft", "--output-dir", str(tmp_path / "o")]) == 0
+    summary = json.loads((tmp_path / "o" / "train_summary.json").read_text())
+    assert summary["config"]["loss"] == "idft" and summary["config"]["sft_args"]["optim"] == "sgd"
+    assert not list((tmp_path / "o").glob("checkpoint-*"))  # save_strategy reached TRL
+    assert len(logged(summary, "idft/lambda")) == 2
