@@ -11,6 +11,8 @@ result is then trained on as plain text, so a score still means the same thing a
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -99,3 +101,11 @@ def tokenize_dataset(examples: Sequence[Example], tokenizer, *, max_length: int 
             continue
         tokenized.append(TokenizedExample(example.index, input_ids[:max_length], start, len(input_ids) > max_length))
     return tokenized, skipped
+
+
+def fingerprint(tokenized: Sequence[TokenizedExample]) -> str:
+    """sha256 of the tokenized inputs: another dataset, tokenizer, template or --max-length changes it."""
+    digest = hashlib.sha256()
+    for t in tokenized:
+        digest.update(json.dumps([t.index, t.completion_start, t.input_ids]).encode())
+    return digest.hexdigest()

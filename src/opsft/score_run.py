@@ -8,7 +8,6 @@ worst_examples.html, and progress.jsonl (the resumable log: a rerun continues wh
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections import Counter
@@ -18,7 +17,7 @@ from pathlib import Path
 from .data import load_examples
 from .errors import DataError, OpsftError
 from .models import load_model
-from .rendering import prompt_format, tokenize_dataset
+from .rendering import fingerprint, prompt_format, tokenize_dataset
 from .report import format_markdown, format_table, phi_summary, plot_histogram, worst_examples_html
 from .resumable import ResultLog
 from .scoring import iter_scored, score_token_ids
@@ -77,7 +76,7 @@ def run_score(config: ScoreConfig) -> dict:
         raise OpsftError(f"{config.data}: no example left to score ({len(skipped)} skipped: "
                          f"{dict(Counter(e.reason for e in skipped))})")
     # the inputs' fingerprint: an edited data file or another tokenizer/template is a different run
-    settings = {**config.settings(), "inputs_sha256": _fingerprint(tokenized)}
+    settings = {**config.settings(), "inputs_sha256": fingerprint(tokenized)}
     log = ResultLog(out / "progress.jsonl", settings, overwrite=config.overwrite)
     done = log.done()
     todo = [t for t in tokenized if t.index not in done]
@@ -104,13 +103,6 @@ def run_score(config: ScoreConfig) -> dict:
                       {e.index: e for e in data.examples}, summary)
     print(f"\nDDT score  ({out})\n{format_table(summary)}\n", flush=True)
     return summary
-
-
-def _fingerprint(tokenized) -> str:
-    digest = hashlib.sha256()
-    for t in tokenized:
-        digest.update(json.dumps([t.index, t.completion_start, t.input_ids]).encode())
-    return digest.hexdigest()
 
 
 def _write_outputs(out, config, examples, scored, skipped: list[DataError], summary) -> None:

@@ -8,7 +8,6 @@ iw-SFT reference log-probs (reference_logprobs.jsonl, resumable), and train_summ
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import time
@@ -21,7 +20,7 @@ from .data import load_examples
 from .errors import DataError, OpsftError
 from .losses import LossConfig
 from .models import load_model
-from .rendering import tokenize_dataset
+from .rendering import fingerprint, tokenize_dataset
 from .resumable import ResultLog
 from .scoring import token_logprobs
 from .training import FamilyCollator, FamilySFTTrainer, build_train_dataset
@@ -210,8 +209,7 @@ def _reference_from_field(config, tokenized, rows) -> dict[int, list[float]]:
 
 def _precompute_reference(config, model, tokenized, out: Path) -> dict[int, list[float]]:
     """log p_ref(y_t) of every completion token under the initial model, once; resumable."""
-    digest = hashlib.sha256(json.dumps([[t.index, t.completion_start, t.input_ids] for t in tokenized]).encode())
-    log = ResultLog(out / "reference_logprobs.jsonl", {"model": config.model, "inputs_sha256": digest.hexdigest()})
+    log = ResultLog(out / "reference_logprobs.jsonl", {"model": config.model, "inputs_sha256": fingerprint(tokenized)})
     todo = [t for t in tokenized if t.index not in log.done()]
     batch = config.per_device_train_batch_size
     for first in range(0, len(todo), batch):
