@@ -13,12 +13,15 @@ from pathlib import Path
 import yaml
 
 from .errors import OpsftError
+from .realign_run import RealignConfig, run_realign
 from .score_run import ScoreConfig, run_score
 from .train_run import TrainConfig, run_train
 
 COMMANDS = {
     "score": (ScoreConfig, run_score,
               "DDT: how far a dataset lies from a model's own distribution (phi per token and per example)"),
+    "realign": (RealignConfig, run_realign,
+                "Hinted Decoding: rewrite reference solutions into the model's own distribution, checked"),
     "train": (TrainConfig, run_train,
               "fine-tune with SFT, DFT, IDFT, iw-SFT or SFT(Q) on TRL (full or LoRA; resumable)"),
 }

@@ -54,15 +54,22 @@ def tokenize_example(prompt: str | Messages, completion: str | Messages, tokeniz
     record = to_trl_record(prompt, completion, tokenizer)
     prompt, completion = record["prompt"], record["completion"]
     if isinstance(prompt, list):
-        prompt_ids = _chat_ids(tokenizer, prompt, add_generation_prompt=True)
         input_ids = _chat_ids(tokenizer, prompt + completion)
     else:
         eos = tokenizer.eos_token or ""
         if not completion.endswith(eos):
             completion = completion + eos
-        prompt_ids = tokenizer(text=prompt)["input_ids"]
         input_ids = tokenizer(text=prompt + completion)["input_ids"]
-    return list(input_ids), common_prefix_length(prompt_ids, input_ids)
+    return list(input_ids), common_prefix_length(prompt_ids(prompt, tokenizer), input_ids)
+
+
+def prompt_ids(prompt: str | Messages, tokenizer) -> list[int]:
+    """The prompt alone as the model sees it before writing a completion (with the generation prompt)."""
+    if isinstance(prompt, list) and prompt_format(tokenizer) == "plain":
+        prompt = render_plain(prompt, generation_prompt=True)
+    if isinstance(prompt, list):
+        return list(_chat_ids(tokenizer, prompt, add_generation_prompt=True))
+    return list(tokenizer(text=prompt)["input_ids"])
 
 
 def _chat_ids(tokenizer, messages: Messages, **kwargs) -> list[int]:

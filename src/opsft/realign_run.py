@@ -1,0 +1,276 @@
+"""`opsft realign`: rewrite each reference solution with Hinted Decoding, check it, keep what passes.
+
+For every (question, reference solution): decode a rewrite (hinted.py), check its final answer against
+the reference (the task's scorer for reasoning-gym tasks, math-verify otherwise), and score both the
+original and the rewrite under the plain prompt (phi_mean, DDT). Filters decide what is kept; every
+dropped row is counted by reason and listed with its rewrite. Resumable: decoded rows are logged as
+they finish (progress.jsonl), and a rerun continues where it stopped.
+
+Writes into `out`: realigned.jsonl (prompt/completion in the input's shape, ready for `opsft train`,
+plus a `realign` provenance column), dropped.jsonl, summary.json, phi_before_after.png.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .answers import answer_matches
+from .data import Example, load_examples
+from .errors import DataError, OpsftError
+from .hinted import LAMBDA_MODES, HintedDecodingConfig, hinted_decode
+from .models import load_model
+from .rendering import fingerprint, prompt_ids, tokenize_dataset, tokenize_example
+from .resumable import ResultLog
+from .scoring import score_token_ids
+
+HINT_TEMPLATE = (
+    "{question}\n\n"
+    "A correct reference solution follows. Work the problem out yourself, step by step, in your own words "
+    "and style, and reach the same final answer. Do not mention or refer to the reference solution.\n\n"
+    "Reference solution:\n{solution}"
+)
+
+
+def _option(default, help_text, **extra):
+    return field(default=default, metadata={"help": help_text, **extra})
+
+
+@dataclass
+class RealignConfig:
+    model: str = field(metadata={"help": "model: built-in alias (smollm2-135m), local directory or hub id"})
+    data: str = field(metadata={"help": "dataset with questions and reference solutions (as for opsft score)"})
+    out: str = _option("runs/realign", "output directory (a rerun resumes in it)")
+    prompt_field: str | None = _option(None, "column holding the question")
+    completion_field: str | None = _option(None, "column holding the reference solution")
+    messages_field: str | None = _option(None, "column holding a message list")
+    answer_field: str | None = _option(None, "column holding the reference final answer (default: extracted "
+                                              "from the reference solution)")
+    limit: int | None = _option(None, "realign only the first N rows")
+    skip_invalid: bool = _option(False, "skip bad rows (counted by reason) instead of stopping at the first")
+    max_length: int = _option(2048, "token limit of a prompt (hinted or plain) plus the rewrite")
+    hint_template: str = _option(HINT_TEMPLATE, "hinted prompt; {question} and {solution} are filled in")
+    lambda_mode: str = _option("linear", "lam = f(H / log V): linear, sigmoid or piecewise",
+                               choices=list(LAMBDA_MODES))
+    beta: float = _option(3.0, "linear slope / sigmoid steepness of f (0: follow the hinted stream only)")
+    center: float = _option(0.5, "sigmoid centre of f")
+    h1: float = _option(0.2, "piecewise: lam = 0 below")
+    h2: float = _option(0.6, "piecewise: lam = 1 above")
+    temperature: float = _option(0.3, "sampling temperature after top-p (0: greedy)")
+    top_p: float = _option(0.95, "nucleus kept before sampling")
+    max_new_tokens: int = _option(512, "length cap of a rewrite")
+    answer_marker: str = _option("auto", "text after which the plain stream writes alone: auto (\\boxed{ or "
+                                         "#### as the references use), none, or the marker itself")
+    repeat_window: int = _option(30, "stop when a window of this many tokens ...")
+    repeat_count: int = _option(5, "... has occurred this many times")
+    seed: int = _option(0, "sampling seed")
+    batch_size: int = _option(16, "examples decoded together (each has two streams)")
+    require_correct: bool = _option(True, "keep only rewrites whose final answer matches the reference")
+    require_eos: bool = _option(True, "keep only rewrites that ended on their own (not cut by length/repetition)")
+    min_phi_mean: float | None = _option(None, "keep only rewrites with phi_mean at least this")
+    device: str | None = _option(None, "cuda / cpu (default: cuda when available)")
+    overwrite: bool = _option(False, "discard an earlier run in --out instead of resuming")
+    progress: bool = _option(True, "show progress bars")
+
+    def decoding(self, marker: str | None) -> HintedDecodingConfig:
+        names = {f.name for f in fields(HintedDecodingConfig)} - {"answer_marker", "hinted_first_token"}
+        return HintedDecodingConfig(answer_marker=marker, **{n: getattr(self, n) for n in names})
+
+    def settings(self) -> dict:
+        keep = {"model", "data", "prompt_field", "completion_field", "messages_field", "answer_field", "limit",
+                "skip_invalid", "max_length", "hint_template", "answer_marker"} | {
+            f.name for f in fields(HintedDecodingConfig)}
+        return {k: v for k, v in asdict(self).items() if k in keep}
+
+
+def _text(part) -> str:
+    return part if isinstance(part, str) else "".join(m["content"] for m in part)
+
+
+def hinted_prompt(example: Example, template: str):
+    """The question with the reference solution and the rewrite instruction, in the example's shape."""
+    solution = _text(example.completion)
+    if isinstance(example.prompt, str):
+        return template.format(question=example.prompt, solution=solution) + "\n"
+    *context, last = example.prompt
+    return context + [{"role": last["role"], "content": template.format(question=last["content"],
+                                                                        solution=solution)}]
+
+
+def _pick_marker(config: RealignConfig, examples: list[Example]) -> str | None:
+    if config.answer_marker == "none":
+        return None
+    if config.answer_marker != "auto":
+        return config.answer_marker
+    solutions = [_text(e.completion) for e in examples]
+    for marker in ("\\boxed{", "####"):
+        if solutions and sum(marker in s for s in solutions) >= len(solutions) / 2:
+            return marker
+    return None
+
+
+def run_realign(config: RealignConfig) -> dict:
+    out = Path(config.out)
+    if not config.progress:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    data = load_examples(config.data, prompt_field=config.prompt_field, completion_field=config.completion_field,
+                         messages_field=config.messages_field, answer_field=config.answer_field,
+                         limit=config.limit, skip_invalid=config.skip_invalid)
+    model, tokenizer = load_model(config.model, device=config.device)
+    # the original solutions, tokenized and checked as training would see them
+    tokenized, skipped = tokenize_dataset(data.examples, tokenizer, max_length=config.max_length,
+                                          skip_invalid=config.skip_invalid, source=config.data)
+    skipped = data.skipped + skipped
+    by_index = {e.index: e for e in data.examples}
+    examples = [by_index[t.index] for t in tokenized]
+    prompts = {}
+    for e in examples:
+        hinted, plain = prompt_ids(hinted_prompt(e, config.hint_template), tokenizer), prompt_ids(e.prompt, tokenizer)
+        if len(hinted) + config.max_new_tokens > config.max_length:
+            error = DataError(f"hinted prompt of {len(hinted)} tokens + --max-new-tokens {config.max_new_tokens} "
+                              f"exceeds --max-length {config.max_length}", source=config.data, row=e.index + 1,
+                              field="prompt", reason="prompt_too_long")
+            if not config.skip_invalid:
+                raise error
+            skipped.append(error)
+            continue
+        prompts[e.index] = (hinted, plain)
+    examples = [e for e in examples if e.index in prompts]
+    if not examples:
+        raise OpsftError(f"{config.data}: no example left to realign ({len(skipped)} skipped)")
+    marker = _pick_marker(config, examples)
+    decoding = config.decoding(marker)
+    eos = {tokenizer.eos_token_id, *_as_list(model.generation_config.eos_token_id)} - {None}
+
+    log = ResultLog(out / "progress.jsonl", {**config.settings(), "inputs_sha256": fingerprint(tokenized)},
+                    overwrite=config.overwrite)
+    todo = [e for e in examples if e.index not in log.done()]
+    started, new_tokens = time.perf_counter(), 0
+    with tqdm(total=len(todo), unit="ex", desc="realigning", disable=not config.progress) as bar:
+        for first in range(0, len(todo), config.batch_size):
+            batch = todo[first:first + config.batch_size]
+            decoded = hinted_decode(model, [prompts[e.index][0] for e in batch], [prompts[e.index][1] for e in batch],
+                                    decoding, eos_token_ids=eos, tokenizer=tokenizer,
+                                    pad_token_id=tokenizer.pad_token_id or 0)
+            log.append([_check(e, d, tokenizer, model, config) for e, d in zip(batch, decoded)])
+            new_tokens += sum(len(d.tokens) for d in decoded)
+            bar.update(len(batch))
+    seconds = time.perf_counter() - started
+    return _write_outputs(out, config, data, examples, log.records(), skipped, marker,
+                          {"tokens_generated_this_run": new_tokens, "seconds": round(seconds, 2),
+                           "tokens_per_second": round(new_tokens / seconds, 1) if new_tokens else None})
+
+
+def _as_list(value) -> list:
+    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _check(example: Example, decoded, tokenizer, model, config: RealignConfig) -> dict:
+    """Provenance of one rewrite: how it ended, whether its answer is right, and phi_mean before/after."""
+    eos_free = [t for t in decoded.tokens if t != tokenizer.eos_token_id]
+    rewrite = tokenizer.decode(eos_free, skip_special_tokens=True).strip()
+    completion = rewrite if isinstance(example.completion, str) else [{"role": "assistant", "content": rewrite}]
+    reference = example.answer if example.answer is not None else _text(example.completion)
+    pairs = [tokenize_example(example.prompt, example.completion, tokenizer)]
+    if rewrite:
+        pairs.append(tokenize_example(example.prompt, completion, tokenizer))
+    phis = score_token_ids(model, [(ids[:config.max_length], start) for ids, start in pairs])
+    return {
+        "index": example.index, "rewrite": rewrite, "finish_reason": decoded.finish_reason,
+        "handover_step": decoded.handover_step, "mean_lambda": decoded.mean_lambda,
+        "n_tokens": len(decoded.tokens),
+        "answer_correct": bool(rewrite) and answer_matches(rewrite, reference, example.verify),
+        "phi_mean_original": float(np.mean(phis[0])),
+        "phi_mean_rewrite": float(np.mean(phis[1])) if rewrite else None,
+    }
+
+
+def _drop_reason(record: dict, config: RealignConfig, marker: str | None) -> str | None:
+    if not record["rewrite"]:
+        return "empty_rewrite"
+    if config.require_eos and record["finish_reason"] != "eos":
+        return f"finished_by_{record['finish_reason']}"
+    if marker is not None and marker not in record["rewrite"]:
+        return "no_answer_marker"
+    if config.require_correct and not record["answer_correct"]:
+        return "wrong_answer"
+    if config.min_phi_mean is not None and record["phi_mean_rewrite"] < config.min_phi_mean:
+        return "phi_mean_below_minimum"
+    return None
+
+
+def _write_outputs(out, config, data, examples, records, skipped, marker, throughput) -> dict:
+    by_index = {e.index: e for e in examples}
+    kept, dropped = [], []
+    for r in records:
+        example, reason = by_index[r["index"]], _drop_reason(r, config, marker)
+        provenance = {k: v for k, v in r.items() if k not in ("index", "rewrite")}
+        provenance.update(temperature=config.temperature, lambda_mode=config.lambda_mode, beta=config.beta,
+                          answer_marker=marker, model=config.model)
+        if reason:
+            dropped.append({"row": r["index"] + 1, "reason": reason, "rewrite": r["rewrite"], **provenance})
+            continue
+        completion = r["rewrite"] if isinstance(example.completion, str) else [
+            {"role": "assistant", "content": r["rewrite"]}]
+        kept.append({**example.row, "prompt": example.prompt, "completion": completion, "realign": provenance})
+    with (out / "realigned.jsonl").open("w") as f:
+        f.writelines(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in kept)
+    with (out / "dropped.jsonl").open("w") as f:
+        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in dropped)
+    before = [r["phi_mean_original"] for r in records]
+    after = [r["phi_mean_rewrite"] for r in records if r["phi_mean_rewrite"] is not None]
+    after_kept = [row["realign"]["phi_mean_rewrite"] for row in kept]
+    summary = {
+        "run": {**config.settings(), "answer_marker_used": marker},
+        "rows_read": len(data.examples) + len(data.skipped),
+        "skipped_input": dict(Counter(e.reason for e in skipped)),
+        "decoded": len(records), "kept": len(kept), "kept_fraction": len(kept) / len(records) if records else 0.0,
+        "dropped": dict(Counter(d["reason"] for d in dropped)),
+        "answer_correct": sum(r["answer_correct"] for r in records),
+        "phi_mean_original": _stats(before), "phi_mean_rewrite": _stats(after),
+        "phi_mean_rewrite_kept": _stats(after_kept),
+        "throughput": throughput,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _plot(before, after, out / "phi_before_after.png")
+    print(f"\nopsft realign ({out}): kept {len(kept)} of {len(records)} "
+          f"({100 * summary['kept_fraction']:.0f}%); dropped {summary['dropped'] or 'none'}; "
+          f"phi_mean original {summary['phi_mean_original']['mean']:+.3f} -> rewrite "
+          f"{summary['phi_mean_rewrite']['mean']:+.3f} (median {summary['phi_mean_original']['median']:+.3f} -> "
+          f"{summary['phi_mean_rewrite']['median']:+.3f}); {throughput['tokens_per_second']} tokens/s", flush=True)
+    return summary
+
+
+def _stats(values: list[float]) -> dict:
+    if not values:
+        return {"n": 0, "mean": float("nan"), "median": float("nan")}
+    v = np.asarray(values)
+    return {"n": len(v), "mean": float(v.mean()), "median": float(np.median(v)),
+            "sem": float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")}
+
+
+def _plot(before, after, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    bins = np.linspace(min(before + after + [-1.0]), max(before + after + [0.2]), 30)
+    ax.hist(before, bins=bins, alpha=0.6, label=f"original solutions (n={len(before)})", color="#d62728")
+    ax.hist(after, bins=bins, alpha=0.6, label=f"hinted-decoding rewrites (n={len(after)})", color="#2ca02c")
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlabel("phi_mean under the plain prompt (0 = the model's own distribution)")
+    ax.set_ylabel("examples")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,113 @@
+"""`opsft realign` end to end on the tiny model: outputs, provenance, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from opsft.cli import main
+from opsft.data import load_examples
+from opsft.realign_run import RealignConfig, hinted_prompt, run_realign
+
+ROWS = [{"question": f"What is {a} + {b}?", "solution": f"{a} + {b} = {a + b}.\n#### {a + b}"}
+        for a, b in [(1, 2), (17, 25), (3, 4), (10, 32), (5, 5)]]
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return str(path)
+
+
+def config(model_dir, data, out, **overrides):
+    base = dict(model=str(model_dir), data=data, out=str(out), prompt_field="question", completion_field="solution",
+                max_new_tokens=12, batch_size=2, temperature=0.7, progress=False)
+    return RealignConfig(**{**base, **overrides})
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_every_row_is_kept_or_dropped_with_a_reason(tiny_model_dir, tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", ROWS)
+    summary = run_realign(config(tiny_model_dir, data, tmp_path / "o"))
+    dropped = read_jsonl(tmp_path / "o" / "dropped.jsonl")
+    kept = read_jsonl(tmp_path / "o" / "realigned.jsonl")
+    assert summary["decoded"] == len(ROWS) == len(kept) + len(dropped)
+    assert sum(summary["dropped"].values()) == len(dropped)
+    assert summary["run"]["answer_marker_used"] == "####"  # the references use it
+    for row in dropped:  # a random model writes neither EOS nor the marker in 12 tokens
+        assert row["reason"] in ("finished_by_length", "finished_by_repetition", "no_answer_marker", "wrong_answer")
+        assert "phi_mean_original" in row and "rewrite" in row
+    assert (tmp_path / "o" / "phi_before_after.png").exists()
+
+
+def test_kept_rows_are_ready_for_training(tiny_model_dir, tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", ROWS)
+    run_realign(config(tiny_model_dir, data, tmp_path / "o", require_correct=False, require_eos=False,
+                       answer_marker="none"))
+    kept = read_jsonl(tmp_path / "o" / "realigned.jsonl")
+    assert len(kept) == len(ROWS)
+    for row, original in zip(kept, ROWS):
+        assert row["question"] == original["question"]
+        assert row["prompt"] == [{"role": "user", "content": original["question"]}]
+        assert row["completion"][0]["role"] == "assistant" and row["completion"][0]["content"]
+        assert set(row["realign"]) >= {"finish_reason", "answer_correct", "phi_mean_original", "phi_mean_rewrite",
+                                       "temperature", "mean_lambda"}
+    again = load_examples(str(tmp_path / "o" / "realigned.jsonl"))  # reads back as prompt/completion
+    assert again.shape == "prompt_completion" and len(again.examples) == len(ROWS)
+
+
+def test_interrupted_run_gives_the_same_final_file(tiny_model_dir, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "d.jsonl", ROWS)
+    options = dict(require_correct=False, require_eos=False, answer_marker="none")
+    run_realign(config(tiny_model_dir, data, tmp_path / "whole", **options))
+    run_realign(config(tiny_model_dir, data, tmp_path / "killed", **options))
+    log = (tmp_path / "killed" / "progress.jsonl").read_text().splitlines()
+    (tmp_path / "killed" / "progress.jsonl").write_text("\n".join(log[:3]) + "\n" + log[3][:25])  # mid-write
+    (tmp_path / "killed" / "realigned.jsonl").unlink()
+    run_realign(config(tiny_model_dir, data, tmp_path / "killed", **options))
+    whole = (tmp_path / "whole" / "realigned.jsonl").read_text()
+    assert (tmp_path / "killed" / "realigned.jsonl").read_text() == whole
+    assert len(read_jsonl(tmp_path / "killed" / "progress.jsonl")) == 1 + len(ROWS)
+
+
+def test_sampling_is_reproducible_run_to_run(tiny_model_dir, tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", ROWS)
+    options = dict(require_correct=False, require_eos=False, answer_marker="none")
+    run_realign(config(tiny_model_dir, data, tmp_path / "a", **options))
+    run_realign(config(tiny_model_dir, data, tmp_path / "b", **options))
+    run_realign(config(tiny_model_dir, data, tmp_path / "c", seed=1, **options))
+    a, b, c = ((tmp_path / x / "realigned.jsonl").read_text() for x in "abc")
+    assert a == b and a != c
+
+
+@pytest.mark.parametrize("rows, extra, message", [
+    ([ROWS[0], '{"question": "q", "solution": ""}'], [], "d.jsonl: row 2: field 'solution': the completion is empty"),
+    ([ROWS[0], '{"question": "q"}'], [], "d.jsonl: row 2: field 'solution': is missing"),
+    ([ROWS[0]], ["--max-length", "64"], "d.jsonl: row 1: field 'prompt': hinted prompt of"),
+    ([], [], "d.jsonl: no rows"),
+])
+def test_bad_input_is_a_clear_error(tiny_model_dir, tmp_path, capsys, rows, extra, message):
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    code = main(["realign", "--model", str(tiny_model_dir), "--data", data, "--prompt-field", "question",
+                 "--completion-field", "solution", "--out", str(tmp_path / "o"), "--no-progress", *extra])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("opsft: error: ") and message in err
+
+
+def test_skip_invalid_counts_prompts_over_the_context(tiny_model_dir, tmp_path):
+    rows = ROWS[:2] + [{"question": "long " * 200, "solution": "#### 1"}]
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    summary = run_realign(config(tiny_model_dir, data, tmp_path / "o", max_length=400, skip_invalid=True))
+    assert summary["skipped_input"] == {"prompt_too_long": 1} and summary["decoded"] == 2
+
+
+def test_hinted_prompt_holds_question_and_solution():
+    example = load_examples("gym:gsm_symbolic?size=1&seed=0").examples[0]
+    prompt = hinted_prompt(example, "Q: {question}\nS: {solution}")
+    assert prompt[-1]["role"] == "user"
+    assert prompt[-1]["content"].startswith("Q: " + example.prompt[-1]["content"])
+    assert prompt[-1]["content"].endswith("S: " + example.completion[0]["content"])
