@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from conftest import make_model
+from reference_hinted import EOS, reference_decode
 from opsft.hinted import (HintedDecodingConfig, RepetitionDetector, hinted_decode, mixing_lambda,
                           mixture_logprobs, sample_token)
 
-EOS = 2
 
 
 @pytest.fixture(scope="module")
@@ -30,47 +28,6 @@ def prompts(tokenizer):
     plain = [tokenizer(f"Question: {q}\nAnswer:")["input_ids"] for q in questions]
     assert len({len(p) for p in hinted + plain}) > 3  # mixed lengths in one batch
     return hinted, plain
-
-
-def reference_lambda(h: float, c: HintedDecodingConfig) -> float:
-    if c.lambda_mode == "linear":
-        return min(max(c.beta * h, 0.0), 1.0)
-    if c.lambda_mode == "sigmoid":
-        return 1 / (1 + math.exp(-c.beta * (h - c.center)))
-    if h <= c.h1:
-        return 0.0
-    if h >= c.h2:
-        return 1.0
-    return (h - c.h1) / (c.h2 - c.h1)
-
-
-def reference_decode(model, hinted, plain, c: HintedDecodingConfig, tokenizer, eos=frozenset({EOS})):
-    out, lams, handover, reason, windows = [], [], None, "length", {}
-    log_vocab = math.log(model.config.vocab_size)
-    for step in range(c.max_new_tokens):
-        with torch.no_grad():
-            log_h = F.log_softmax(model(torch.tensor([hinted + out])).logits[0, -1].double(), -1)
-            log_q = F.log_softmax(model(torch.tensor([plain + out])).logits[0, -1].double(), -1)
-        lam = reference_lambda((-(log_h.exp() * log_h).sum() / log_vocab).item(), c)
-        if handover is not None:
-            lam = 1.0
-        if step == 0 and c.hinted_first_token:
-            lam = 0.0
-        token = int(F.log_softmax((1 - lam) * log_h + lam * log_q, -1).argmax())
-        out.append(token)
-        lams.append(lam)
-        if token in eos:
-            reason = "eos"
-            break
-        if len(out) >= c.repeat_window:
-            key = tuple(out[-c.repeat_window:])
-            windows[key] = windows.get(key, 0) + 1
-            if windows[key] >= c.repeat_count:
-                reason = "repetition"
-                break
-        if c.answer_marker and handover is None and c.answer_marker in tokenizer.decode(out[-16:]):
-            handover = step
-    return out, reason, handover, lams
 
 
 GREEDY = HintedDecodingConfig(temperature=0.0, max_new_tokens=24, answer_marker=None, repeat_window=6,

@@ -123,18 +123,8 @@ def hinted_decode(model, hinted_prompts: list[list[int]], plain_prompts: list[li
     log_vocab = math.log(model.get_output_embeddings().weight.shape[0])
 
     # rows 0..n-1: hinted streams; rows n..2n-1: plain streams; left-padded so the last column is "now"
-    prompts = hinted_prompts + plain_prompts
-    width = max(len(p) for p in prompts)
-    input_ids = torch.full((2 * n, width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros(2 * n, width, dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        input_ids[row, width - len(prompt):] = torch.as_tensor(prompt)
-        attention_mask[row, width - len(prompt):] = 1
-    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True,
-                logits_to_keep=1)
-    cache, logits, next_position = out.past_key_values, out.logits[:, -1], positions[:, -1] + 1
+    cache, logits, attention_mask, next_position = _prefill(model, hinted_prompts, plain_prompts, pad_token_id,
+                                                            device)
 
     results = [Decoded([], "length", None) for _ in range(n)]
     repetition = [RepetitionDetector(config.repeat_window, config.repeat_count) for _ in range(n)]
@@ -179,3 +169,53 @@ def hinted_decode(model, hinted_prompts: list[list[int]], plain_prompts: list[li
                     past_key_values=cache, use_cache=True)
         cache, logits, next_position = out.past_key_values, out.logits[:, -1], next_position + 1
     return results
+
+
+def _left_padded(prompts: list[list[int]], pad_token_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros(len(prompts), width, dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        input_ids[row, width - len(prompt):] = torch.as_tensor(prompt)
+        attention_mask[row, width - len(prompt):] = 1
+    return input_ids.to(device), attention_mask.to(device)
+
+
+def _forward_prompts(model, prompts, pad_token_id, device):
+    input_ids, attention_mask = _left_padded(prompts, pad_token_id, device)
+    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True,
+                logits_to_keep=1)
+    return out.past_key_values, out.logits[:, -1], attention_mask, positions[:, -1] + 1
+
+
+def _prefill(model, hinted_prompts, plain_prompts, pad_token_id, device):
+    """KV caches, last logits, attention mask and next positions of all 2n rows (hinted first).
+
+    The hinted prompts (question + reference + instruction) are much longer than the plain ones, so each
+    stream is prefilled at its own width; the shorter cache is then left-padded with masked zeros and the
+    two are joined into one batch. Caches of another layout (sliding-window, hybrid) are prefilled jointly.
+    """
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    hinted = _forward_prompts(model, hinted_prompts, pad_token_id, device)
+    if not (type(hinted[0]) is DynamicCache and all(type(layer) is DynamicLayer for layer in hinted[0].layers)):
+        return _forward_prompts(model, hinted_prompts + plain_prompts, pad_token_id, device)
+    plain = _forward_prompts(model, plain_prompts, pad_token_id, device)
+    width = max(hinted[2].shape[1], plain[2].shape[1])
+
+    def pad(t: torch.Tensor, dim: int) -> torch.Tensor:  # left-pad dimension `dim` to `width`
+        missing = width - t.shape[dim]
+        if missing == 0:
+            return t
+        shape = list(t.shape)
+        shape[dim] = missing
+        return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+    cache = DynamicCache()
+    for index, (h_layer, p_layer) in enumerate(zip(hinted[0].layers, plain[0].layers)):
+        cache.update(torch.cat([pad(h_layer.keys, 2), pad(p_layer.keys, 2)]),
+                     torch.cat([pad(h_layer.values, 2), pad(p_layer.values, 2)]), index)
+    return (cache, torch.cat([hinted[1], plain[1]]), torch.cat([pad(hinted[2], 1), pad(plain[2], 1)]),
+            torch.cat([hinted[3], plain[3]]))
