@@ -183,6 +183,12 @@ def _check(example: Example, decoded, tokenizer, model, config: RealignConfig) -
     if rewrite:
         pairs.append(tokenize_example(example.prompt, completion, tokenizer))
     phis = score_token_ids(model, [(ids[:config.max_length], start) for ids, start in pairs])
+    # SPEC §1: a sample drawn at temperature tau' < 1 scores positive at tau = 1; at its own temperature
+    # it scores ~0 if it is the model's own. Both are kept: tau = 1 is what training sees.
+    at_sampling = None
+    if rewrite and config.temperature not in (0, 1):
+        at_sampling = float(np.mean(score_token_ids(model, [(pairs[1][0][:config.max_length], pairs[1][1])],
+                                                    temperature=config.temperature)[0]))
     return {
         "index": example.index, "rewrite": rewrite, "finish_reason": decoded.finish_reason,
         "handover_step": decoded.handover_step, "mean_lambda": decoded.mean_lambda,
@@ -190,6 +196,7 @@ def _check(example: Example, decoded, tokenizer, model, config: RealignConfig) -
         "answer_correct": bool(rewrite) and answer_matches(rewrite, reference, example.verify),
         "phi_mean_original": float(np.mean(phis[0])),
         "phi_mean_rewrite": float(np.mean(phis[1])) if rewrite else None,
+        "phi_mean_rewrite_at_sampling_temperature": at_sampling,
     }
 
 
@@ -237,6 +244,9 @@ def _write_outputs(out, config, data, examples, records, skipped, marker, throug
         "answer_correct": sum(r["answer_correct"] for r in records),
         "phi_mean_original": _stats(before), "phi_mean_rewrite": _stats(after),
         "phi_mean_rewrite_kept": _stats(after_kept),
+        "phi_mean_rewrite_at_sampling_temperature": _stats(
+            [r["phi_mean_rewrite_at_sampling_temperature"] for r in records
+             if r.get("phi_mean_rewrite_at_sampling_temperature") is not None]),
         "throughput": throughput,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
