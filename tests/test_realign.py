@@ -73,6 +73,33 @@ def test_interrupted_run_gives_the_same_final_file(tiny_model_dir, tmp_path, cap
     assert len(read_jsonl(tmp_path / "killed" / "progress.jsonl")) == 1 + len(ROWS)
 
 
+def test_two_processes_merge_into_the_single_process_file(tiny_model_dir, tmp_path):
+    """`accelerate launch` with 2 CPU processes: shards by index, merged by the main process. Each example
+    samples from its own seeded generator, so the merged file is the single-process file."""
+    import os
+    import subprocess
+    import sys
+
+    data = write_jsonl(tmp_path / "d.jsonl", ROWS)
+    flags = ["--model", str(tiny_model_dir), "--data", data, "--prompt-field", "question", "--completion-field",
+             "solution", "--max-new-tokens", "12", "--batch-size", "2", "--temperature", "0.7", "--no-progress",
+             "--no-require-correct", "--no-require-eos", "--answer-marker", "none"]
+    assert main(["realign", *flags, "--out", str(tmp_path / "one")]) == 0
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "-m", "opsft.cli", "realign",
+                    *flags, "--out", str(tmp_path / "two")], check=True, capture_output=True, timeout=300,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert sorted(p.name for p in (tmp_path / "two").glob("progress*")) == ["progress-0-of-2.jsonl",
+                                                                           "progress-1-of-2.jsonl"]
+    one = read_jsonl(tmp_path / "one" / "realigned.jsonl")
+    two = read_jsonl(tmp_path / "two" / "realigned.jsonl")
+    assert [r["question"] for r in two] == [r["question"] for r in ROWS]
+    assert [r["completion"] for r in two] == [r["completion"] for r in one]
+    # a rerun in one process finds every row done in the shards and writes the same file
+    assert main(["realign", *flags, "--out", str(tmp_path / "two")]) == 0
+    assert read_jsonl(tmp_path / "two" / "realigned.jsonl") == two
+
+
 def test_sampling_is_reproducible_run_to_run(tiny_model_dir, tmp_path):
     data = write_jsonl(tmp_path / "d.jsonl", ROWS)
     options = dict(require_correct=False, require_eos=False, answer_marker="none")

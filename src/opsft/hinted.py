@@ -77,15 +77,21 @@ def mixture_logprobs(log_p_hinted: torch.Tensor, log_p_plain: torch.Tensor, lam:
 
 
 def sample_token(log_m: torch.Tensor, temperature: float, top_p: float, generator=None) -> torch.Tensor:
-    """Greedy when temperature == 0; else keep the top-p nucleus of m, then sample from it at temperature."""
+    """Greedy when temperature == 0; else keep the top-p nucleus of m, then sample from it at temperature.
+
+    `generator` is one torch.Generator for the batch, or a list with one per row (each row's draws then
+    do not depend on the other rows of the batch).
+    """
     if temperature == 0:
         return log_m.argmax(-1)
     sorted_log_m, order = log_m.sort(dim=-1, descending=True)
     mass_before = sorted_log_m.exp().cumsum(-1) - sorted_log_m.exp()
     keep_sorted = mass_before < top_p  # the most likely token is always kept
     keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
-    probs = F.softmax(log_m.masked_fill(~keep, -math.inf) / temperature, dim=-1)
-    return torch.multinomial(probs.float(), 1, generator=generator)[:, 0]
+    probs = F.softmax(log_m.masked_fill(~keep, -math.inf) / temperature, dim=-1).float()
+    if isinstance(generator, list):
+        return torch.cat([torch.multinomial(row, 1, generator=g) for row, g in zip(probs, generator)])
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
 class RepetitionDetector:
@@ -108,10 +114,12 @@ class RepetitionDetector:
 @torch.no_grad()
 def hinted_decode(model, hinted_prompts: list[list[int]], plain_prompts: list[list[int]],
                   config: HintedDecodingConfig, *, eos_token_ids: set[int], tokenizer=None,
-                  pad_token_id: int = 0) -> list[Decoded]:
+                  pad_token_id: int = 0, seeds: list[int] | None = None) -> list[Decoded]:
     """Decode one shared continuation per (hinted prompt, plain prompt) pair; see the module doc.
 
-    `tokenizer` is needed only to spot the answer marker in the text written so far.
+    `tokenizer` is needed only to spot the answer marker in the text written so far. With `seeds` (one
+    per example) each example samples from its own generator, so its rewrite does not depend on the
+    batch it was decoded in; without, the batch shares one generator seeded with config.seed.
     """
     if len(hinted_prompts) != len(plain_prompts):
         raise ValueError("one plain prompt per hinted prompt")
@@ -119,7 +127,10 @@ def hinted_decode(model, hinted_prompts: list[list[int]], plain_prompts: list[li
         raise ValueError("an answer marker needs the tokenizer to find it in the text")
     n = len(hinted_prompts)
     device = model.get_output_embeddings().weight.device
-    generator = torch.Generator(device=device).manual_seed(config.seed) if config.temperature > 0 else None
+    generator = None
+    if config.temperature > 0:
+        generator = (torch.Generator(device=device).manual_seed(config.seed) if seeds is None else
+                     [torch.Generator(device=device).manual_seed(seed) for seed in seeds])
     log_vocab = math.log(model.get_output_embeddings().weight.shape[0])
 
     # rows 0..n-1: hinted streams; rows n..2n-1: plain streams; left-padded so the last column is "now"
@@ -139,8 +150,9 @@ def hinted_decode(model, hinted_prompts: list[list[int]], plain_prompts: list[li
         lam = torch.where(handed_over, torch.ones_like(lam), lam)
         if step == 0 and config.hinted_first_token:
             lam = torch.zeros_like(lam)
+        row_generators = [generator[i] for i in active] if isinstance(generator, list) else generator
         tokens = sample_token(mixture_logprobs(log_p_hinted, log_p_plain, lam), config.temperature,
-                              config.top_p, generator)
+                              config.top_p, row_generators)
 
         still = []
         for j, i in enumerate(active):

@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
+import torch
+from accelerate import PartialState
 from tqdm.auto import tqdm
 
 from .answers import answer_matches
@@ -27,7 +29,7 @@ from .errors import DataError, OpsftError
 from .hinted import LAMBDA_MODES, HintedDecodingConfig, hinted_decode
 from .models import load_model
 from .rendering import fingerprint, prompt_ids, tokenize_dataset, tokenize_example
-from .resumable import ResultLog
+from .resumable import ResultLog, read_records
 from .scoring import score_token_ids
 
 HINT_TEMPLATE = (
@@ -150,22 +152,44 @@ def run_realign(config: RealignConfig) -> dict:
     decoding = config.decoding(marker)
     eos = {tokenizer.eos_token_id, *_as_list(model.generation_config.eos_token_id)} - {None}
 
-    log = ResultLog(out / "progress.jsonl", {**config.settings(), "inputs_sha256": fingerprint(tokenized)},
-                    overwrite=config.overwrite)
-    todo = [e for e in examples if e.index not in log.done()]
+    # Under `accelerate launch` process r of w takes the examples with index % w == r and logs them to its own
+    # file; every process counts all logs as done (so a rerun resumes, even with another w), and the main
+    # process merges them by index.
+    state = PartialState(cpu=not torch.cuda.is_available())  # CPU-only: gloo across processes
+    rank, world = state.process_index, state.num_processes
+    settings = {**config.settings(), "inputs_sha256": fingerprint(tokenized)}
+    if state.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        if config.overwrite:
+            for path in out.glob("progress*.jsonl"):
+                path.unlink()
+    state.wait_for_everyone()
+    own = out / ("progress.jsonl" if world == 1 else f"progress-{rank}-of-{world}.jsonl")
+    done = {r["index"] for path in out.glob("progress*.jsonl") if path != own for r in read_records(path, settings)}
+    log = ResultLog(own, settings)
+    todo = [e for e in examples if e.index % world == rank and e.index not in done | log.done()]
     started, new_tokens = time.perf_counter(), 0
     with tqdm(total=len(todo), unit="ex", desc="realigning", disable=not config.progress) as bar:
         for first in range(0, len(todo), config.batch_size):
             batch = todo[first:first + config.batch_size]
             decoded = hinted_decode(model, [prompts[e.index][0] for e in batch], [prompts[e.index][1] for e in batch],
                                     decoding, eos_token_ids=eos, tokenizer=tokenizer,
-                                    pad_token_id=tokenizer.pad_token_id or 0)
+                                    pad_token_id=tokenizer.pad_token_id or 0,
+                                    seeds=[config.seed * 1_000_003 + e.index for e in batch])
             log.append([_check(e, d, tokenizer, model, config) for e, d in zip(batch, decoded)])
             new_tokens += sum(len(d.tokens) for d in decoded)
             bar.update(len(batch))
     seconds = time.perf_counter() - started
-    return _write_outputs(out, config, data, examples, log.records(), skipped, marker,
-                          {"tokens_generated_this_run": new_tokens, "seconds": round(seconds, 2),
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return {}
+    merged: dict[int, dict] = {}
+    for path in sorted(out.glob("progress*.jsonl")):
+        for record in (log.records() if path == own else read_records(path, settings)):
+            merged.setdefault(record["index"], record)
+    return _write_outputs(out, config, data, examples, [merged[i] for i in sorted(merged)], skipped, marker,
+                          {"processes": world, "tokens_generated_this_run_by_main_process": new_tokens,
+                           "seconds": round(seconds, 2),
                            "tokens_per_second": round(new_tokens / seconds, 1) if new_tokens else None})
 
 

@@ -72,3 +72,12 @@ def _diff(old: Any, new: dict) -> str:
         return "unreadable"
     keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys)
+
+
+def read_records(path: str | Path, settings: dict[str, Any]) -> list[dict]:
+    """The complete records of a log that another process may still be writing: read-only, a torn
+    last line is skipped, not cut; a log with other settings is refused."""
+    lines = Path(path).read_bytes().split(b"\n")[:-1]  # the piece after the last newline may be torn
+    if not lines or json.loads(lines[0]).get("settings") != json.loads(json.dumps(settings)):
+        raise OpsftError(f"{path} holds a run with other settings; use another output directory or --overwrite")
+    return [json.loads(line) for line in lines[1:]]
