@@ -132,6 +132,29 @@ def test_skip_invalid_counts_prompts_over_the_context(tiny_model_dir, tmp_path):
     assert summary["skipped_input"] == {"prompt_too_long": 1} and summary["decoded"] == 2
 
 
+def test_analysis_first_is_greedy_and_reaches_the_hinted_stream(tiny_model_dir, tiny_model, tokenizer, tmp_path):
+    import torch
+
+    from opsft.realign_run import write_analyses
+    from opsft.rendering import prompt_ids
+
+    data = write_jsonl(tmp_path / "d.jsonl", ROWS[:2])
+    cfg = config(tiny_model_dir, data, tmp_path / "o", analysis=True, analysis_max_tokens=6, require_correct=False,
+                 require_eos=False, answer_marker="none")
+    examples = load_examples(data, prompt_field="question", completion_field="solution").examples
+    analyses = write_analyses(tiny_model, tokenizer, examples, cfg)
+    for example, analysis in zip(examples, analyses):  # each equals greedy generate on its own, unbatched
+        p = prompt_ids(hinted_prompt(example, cfg.analysis_template), tokenizer)
+        alone = tiny_model.generate(torch.tensor([p]), do_sample=False, max_new_tokens=6, pad_token_id=0)
+        expected = alone[0, len(p):].tolist()
+        expected = expected[:next((i for i, t in enumerate(expected) if t in (0, 2)), len(expected))]
+        assert analysis == expected + tokenizer("\n\n", add_special_tokens=False)["input_ids"]
+    run_realign(cfg)
+    kept = read_jsonl(tmp_path / "o" / "realigned.jsonl")
+    assert [row["realign"]["analysis"] for row in kept] == [tokenizer.decode(a, skip_special_tokens=True)
+                                                           for a in analyses]
+
+
 def test_hinted_prompt_holds_question_and_solution():
     example = load_examples("gym:gsm_symbolic?size=1&seed=0").examples[0]
     prompt = hinted_prompt(example, "Q: {question}\nS: {solution}")

@@ -32,6 +32,12 @@ from .rendering import fingerprint, prompt_ids, tokenize_dataset, tokenize_examp
 from .resumable import ResultLog, read_records
 from .scoring import score_token_ids
 
+ANALYSIS_TEMPLATE = (
+    "{question}\n\n"
+    "Here is a correct solution:\n{solution}\n\n"
+    "Before solving the problem yourself, analyse this solution briefly: what are its key steps and why do "
+    "they work?"
+)
 HINT_TEMPLATE = (
     "{question}\n\n"
     "A correct reference solution follows. Work the problem out yourself, step by step, in your own words "
@@ -58,6 +64,10 @@ class RealignConfig:
     skip_invalid: bool = _option(False, "skip bad rows (counted by reason) instead of stopping at the first")
     max_length: int = _option(2048, "token limit of a prompt (hinted or plain) plus the rewrite")
     hint_template: str = _option(HINT_TEMPLATE, "hinted prompt; {question} and {solution} are filled in")
+    analysis: bool = _option(False, "first let the model write a short greedy analysis of the reference, and "
+                                    "append it to the hinted prompt before the rewrite starts")
+    analysis_template: str = _option(ANALYSIS_TEMPLATE, "prompt for the analysis; {question} and {solution}")
+    analysis_max_tokens: int = _option(128, "length cap of the analysis")
     lambda_mode: str = _option("linear", "lam = f(H / log V): linear, sigmoid or piecewise",
                                choices=list(LAMBDA_MODES))
     beta: float = _option(3.0, "linear slope / sigmoid steepness of f (0: follow the hinted stream only)")
@@ -86,7 +96,8 @@ class RealignConfig:
 
     def settings(self) -> dict:
         keep = {"model", "data", "prompt_field", "completion_field", "messages_field", "answer_field", "limit",
-                "skip_invalid", "max_length", "hint_template", "answer_marker"} | {
+                "skip_invalid", "max_length", "hint_template", "answer_marker", "analysis", "analysis_template",
+                "analysis_max_tokens"} | {
             f.name for f in fields(HintedDecodingConfig)}
         return {k: v for k, v in asdict(self).items() if k in keep}
 
@@ -95,7 +106,7 @@ def _text(part) -> str:
     return part if isinstance(part, str) else "".join(m["content"] for m in part)
 
 
-def hinted_prompt(example: Example, template: str):
+def hinted_prompt(example: Example, template: str):  # also renders the analysis prompt
     """The question with the reference solution and the rewrite instruction, in the example's shape."""
     solution = _text(example.completion)
     if isinstance(example.prompt, str):
@@ -136,9 +147,10 @@ def run_realign(config: RealignConfig) -> dict:
     prompts = {}
     for e in examples:
         hinted, plain = prompt_ids(hinted_prompt(e, config.hint_template), tokenizer), prompt_ids(e.prompt, tokenizer)
-        if len(hinted) + config.max_new_tokens > config.max_length:
-            error = DataError(f"hinted prompt of {len(hinted)} tokens + --max-new-tokens {config.max_new_tokens} "
-                              f"exceeds --max-length {config.max_length}", source=config.data, row=e.index + 1,
+        budget = config.max_new_tokens + (config.analysis_max_tokens if config.analysis else 0)
+        if len(hinted) + budget > config.max_length:
+            error = DataError(f"hinted prompt of {len(hinted)} tokens + {budget} new tokens exceeds --max-length "
+                              f"{config.max_length}", source=config.data, row=e.index + 1,
                               field="prompt", reason="prompt_too_long")
             if not config.skip_invalid:
                 raise error
@@ -172,11 +184,15 @@ def run_realign(config: RealignConfig) -> dict:
     with tqdm(total=len(todo), unit="ex", desc="realigning", disable=not config.progress) as bar:
         for first in range(0, len(todo), config.batch_size):
             batch = todo[first:first + config.batch_size]
-            decoded = hinted_decode(model, [prompts[e.index][0] for e in batch], [prompts[e.index][1] for e in batch],
+            analyses = write_analyses(model, tokenizer, batch, config) if config.analysis else [[] for _ in batch]
+            decoded = hinted_decode(model, [prompts[e.index][0] + a for e, a in zip(batch, analyses)],
+                                    [prompts[e.index][1] for e in batch],
                                     decoding, eos_token_ids=eos, tokenizer=tokenizer,
                                     pad_token_id=tokenizer.pad_token_id or 0,
                                     seeds=[config.seed * 1_000_003 + e.index for e in batch])
-            log.append([_check(e, d, tokenizer, model, config) for e, d in zip(batch, decoded)])
+            log.append([{**_check(e, d, tokenizer, model, config),
+                         **({"analysis": tokenizer.decode(a, skip_special_tokens=True)} if config.analysis else {})}
+                        for e, d, a in zip(batch, decoded, analyses)])
             new_tokens += sum(len(d.tokens) for d in decoded)
             bar.update(len(batch))
     seconds = time.perf_counter() - started
@@ -191,6 +207,29 @@ def run_realign(config: RealignConfig) -> dict:
                           {"processes": world, "tokens_generated_this_run_by_main_process": new_tokens,
                            "seconds": round(seconds, 2),
                            "tokens_per_second": round(new_tokens / seconds, 1) if new_tokens else None})
+
+
+@torch.no_grad()
+def write_analyses(model, tokenizer, batch: list[Example], config: RealignConfig) -> list[list[int]]:
+    """Greedy analyses of the reference solutions, as tokens to append to the hinted prompts (they start
+    the hinted stream's reply; a blank line then separates them from the rewrite)."""
+    prompts = [prompt_ids(hinted_prompt(e, config.analysis_template), tokenizer) for e in batch]
+    pad = tokenizer.pad_token_id or 0
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, p in enumerate(prompts):
+        input_ids[row, width - len(p):], attention_mask[row, width - len(p):] = torch.tensor(p), 1
+    device = model.get_output_embeddings().weight.device
+    generated = model.generate(input_ids.to(device), attention_mask=attention_mask.to(device), do_sample=False,
+                               max_new_tokens=config.analysis_max_tokens, pad_token_id=pad)[:, width:].tolist()
+    separator = tokenizer("\n\n", add_special_tokens=False)["input_ids"]
+    stop = {tokenizer.eos_token_id, pad, *_as_list(model.generation_config.eos_token_id)}
+    analyses = []
+    for tokens in generated:
+        cut = next((i for i, t in enumerate(tokens) if t in stop), len(tokens))
+        analyses.append(tokens[:cut] + separator)
+    return analyses
 
 
 def _as_list(value) -> list:
@@ -243,7 +282,7 @@ def _write_outputs(out, config, data, examples, records, skipped, marker, throug
     kept, dropped = [], []
     for r in records:
         example, reason = by_index[r["index"]], _drop_reason(r, config, marker)
-        provenance = {k: v for k, v in r.items() if k not in ("index", "rewrite")}
+        provenance = {k: v for k, v in r.items() if k not in ("index", "rewrite")}  # with the analysis, if any
         provenance.update(temperature=config.temperature, lambda_mode=config.lambda_mode, beta=config.beta,
                           answer_marker=marker, model=config.model)
         if reason:
