@@ -166,6 +166,7 @@ def test_hinted_prompt_holds_question_and_solution():
 def test_an_answer_marker_that_never_appears_is_a_counted_drop(tiny_model_dir, tmp_path):
     data = write_jsonl(tmp_path / "d.jsonl", ROWS)
     summary = run_realign(config(tiny_model_dir, data, tmp_path / "o", answer_marker="@@never@@",
-                                 require_eos=False, require_correct=False))
+                                 require_eos=False, require_correct=False, require_marker=True))
     assert summary["kept"] == 0 and summary["dropped"] == {"no_answer_marker": len(ROWS)}
+    assert summary["answer_marker_written"] == 0
     assert all(r["handover_step"] is None for r in read_jsonl(tmp_path / "o" / "dropped.jsonl"))

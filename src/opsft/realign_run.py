@@ -85,6 +85,8 @@ class RealignConfig:
     batch_size: int = _option(16, "examples decoded together (each has two streams)")
     require_correct: bool = _option(True, "keep only rewrites whose final answer matches the reference")
     require_eos: bool = _option(True, "keep only rewrites that ended on their own (not cut by length/repetition)")
+    require_marker: bool = _option(False, "keep only rewrites that wrote the answer marker (the answer is "
+                                          "checked either way: without the marker, its last number)")
     min_phi_mean: float | None = _option(None, "keep only rewrites with phi_mean at least this")
     device: str | None = _option(None, "cuda / cpu (default: cuda when available)")
     overwrite: bool = _option(False, "discard an earlier run in --out instead of resuming")
@@ -268,7 +270,7 @@ def _drop_reason(record: dict, config: RealignConfig, marker: str | None) -> str
         return "empty_rewrite"
     if config.require_eos and record["finish_reason"] != "eos":
         return f"finished_by_{record['finish_reason']}"
-    if marker is not None and marker not in record["rewrite"]:
+    if config.require_marker and marker is not None and marker not in record["rewrite"]:
         return "no_answer_marker"
     if config.require_correct and not record["answer_correct"]:
         return "wrong_answer"
@@ -305,6 +307,7 @@ def _write_outputs(out, config, data, examples, records, skipped, marker, throug
         "decoded": len(records), "kept": len(kept), "kept_fraction": len(kept) / len(records) if records else 0.0,
         "dropped": dict(Counter(d["reason"] for d in dropped)),
         "answer_correct": sum(r["answer_correct"] for r in records),
+        "answer_marker_written": sum(marker is not None and marker in r["rewrite"] for r in records),
         "phi_mean_original": _stats(before), "phi_mean_rewrite": _stats(after),
         "phi_mean_rewrite_kept": _stats(after_kept),
         "phi_mean_rewrite_at_sampling_temperature": _stats(
