@@ -24,11 +24,11 @@ from accelerate import PartialState
 from tqdm.auto import tqdm
 
 from .answers import answer_matches
-from .data import Example, load_examples
+from .data import Example
 from .errors import DataError, OpsftError
 from .hinted import LAMBDA_MODES, HintedDecodingConfig, hinted_decode
-from .models import load_model
-from .rendering import fingerprint, prompt_ids, tokenize_dataset, tokenize_example
+from .jobs import option, prepare
+from .rendering import fingerprint, prompt_ids, tokenize_example
 from .resumable import ResultLog, read_records
 from .scoring import score_token_ids
 
@@ -46,51 +46,47 @@ HINT_TEMPLATE = (
 )
 
 
-def _option(default, help_text, **extra):
-    return field(default=default, metadata={"help": help_text, **extra})
-
-
 @dataclass
 class RealignConfig:
     model: str = field(metadata={"help": "model: built-in alias (smollm2-135m), local directory or hub id"})
     data: str = field(metadata={"help": "dataset with questions and reference solutions (as for opsft score)"})
-    out: str = _option("runs/realign", "output directory (a rerun resumes in it)")
-    prompt_field: str | None = _option(None, "column holding the question")
-    completion_field: str | None = _option(None, "column holding the reference solution")
-    messages_field: str | None = _option(None, "column holding a message list")
-    answer_field: str | None = _option(None, "column holding the reference final answer (default: extracted "
+    out: str = option("runs/realign", "output directory (a rerun resumes in it)")
+    prompt_field: str | None = option(None, "column holding the question")
+    completion_field: str | None = option(None, "column holding the reference solution")
+    messages_field: str | None = option(None, "column holding a message list")
+    answer_field: str | None = option(None, "column holding the reference final answer (default: extracted "
                                               "from the reference solution)")
-    limit: int | None = _option(None, "realign only the first N rows")
-    skip_invalid: bool = _option(False, "skip bad rows (counted by reason) instead of stopping at the first")
-    max_length: int = _option(2048, "token limit of a prompt (hinted or plain) plus the rewrite")
-    hint_template: str = _option(HINT_TEMPLATE, "hinted prompt; {question} and {solution} are filled in")
-    analysis: bool = _option(False, "first let the model write a short greedy analysis of the reference, and "
+    limit: int | None = option(None, "realign only the first N rows")
+    skip_invalid: bool = option(False, "skip bad rows (counted by reason) instead of stopping at the first")
+    max_length: int = option(2048, "token limit of a prompt (hinted or plain) plus the rewrite")
+    hint_template: str = option(HINT_TEMPLATE, "hinted prompt; {question} and {solution} are filled in")
+    analysis: bool = option(False, "first let the model write a short greedy analysis of the reference, and "
                                     "append it to the hinted prompt before the rewrite starts")
-    analysis_template: str = _option(ANALYSIS_TEMPLATE, "prompt for the analysis; {question} and {solution}")
-    analysis_max_tokens: int = _option(128, "length cap of the analysis")
-    lambda_mode: str = _option("linear", "lam = f(H / log V): linear, sigmoid or piecewise",
+    analysis_template: str = option(ANALYSIS_TEMPLATE, "prompt for the analysis; {question} and {solution}")
+    analysis_max_tokens: int = option(128, "length cap of the analysis")
+    lambda_mode: str = option("linear", "lam = f(H / log V): linear, sigmoid or piecewise",
                                choices=list(LAMBDA_MODES))
-    beta: float = _option(3.0, "linear slope / sigmoid steepness of f (0: follow the hinted stream only)")
-    center: float = _option(0.5, "sigmoid centre of f")
-    h1: float = _option(0.2, "piecewise: lam = 0 below")
-    h2: float = _option(0.6, "piecewise: lam = 1 above")
-    temperature: float = _option(0.3, "sampling temperature after top-p (0: greedy)")
-    top_p: float = _option(0.95, "nucleus kept before sampling")
-    max_new_tokens: int = _option(512, "length cap of a rewrite")
-    answer_marker: str = _option("auto", "text after which the plain stream writes alone: auto (\\boxed{ or "
+    beta: float = option(3.0, "linear slope / sigmoid steepness of f (0: follow the hinted stream only)")
+    center: float = option(0.5, "sigmoid centre of f")
+    h1: float = option(0.2, "piecewise: lam = 0 below")
+    h2: float = option(0.6, "piecewise: lam = 1 above")
+    temperature: float = option(0.3, "sampling temperature after top-p (0: greedy)")
+    top_p: float = option(0.95, "nucleus kept before sampling")
+    max_new_tokens: int = option(512, "length cap of a rewrite")
+    answer_marker: str = option("auto", "text after which the plain stream writes alone: auto (\\boxed{ or "
                                          "#### as the references use), none, or the marker itself")
-    repeat_window: int = _option(30, "stop when a window of this many tokens ...")
-    repeat_count: int = _option(5, "... has occurred this many times")
-    seed: int = _option(0, "sampling seed")
-    batch_size: int = _option(16, "examples decoded together (each has two streams)")
-    require_correct: bool = _option(True, "keep only rewrites whose final answer matches the reference")
-    require_eos: bool = _option(True, "keep only rewrites that ended on their own (not cut by length/repetition)")
-    require_marker: bool = _option(False, "keep only rewrites that wrote the answer marker (the answer is "
+    repeat_window: int = option(30, "stop when a window of this many tokens ...")
+    repeat_count: int = option(5, "... has occurred this many times")
+    seed: int = option(0, "sampling seed")
+    batch_size: int = option(16, "examples decoded together (each has two streams)")
+    require_correct: bool = option(True, "keep only rewrites whose final answer matches the reference")
+    require_eos: bool = option(True, "keep only rewrites that ended on their own (not cut by length/repetition)")
+    require_marker: bool = option(False, "keep only rewrites that wrote the answer marker (the answer is "
                                           "checked either way: without the marker, its last number)")
-    min_phi_mean: float | None = _option(None, "keep only rewrites with phi_mean at least this")
-    device: str | None = _option(None, "cuda / cpu (default: cuda when available)")
-    overwrite: bool = _option(False, "discard an earlier run in --out instead of resuming")
-    progress: bool = _option(True, "show progress bars")
+    min_phi_mean: float | None = option(None, "keep only rewrites with phi_mean at least this")
+    device: str | None = option(None, "cuda / cpu (default: cuda when available)")
+    overwrite: bool = option(False, "discard an earlier run in --out instead of resuming")
+    progress: bool = option(True, "show progress bars")
 
     def decoding(self, marker: str | None) -> HintedDecodingConfig:
         names = {f.name for f in fields(HintedDecodingConfig)} - {"answer_marker", "hinted_first_token"}
@@ -132,18 +128,9 @@ def _pick_marker(config: RealignConfig, examples: list[Example]) -> str | None:
 
 def run_realign(config: RealignConfig) -> dict:
     out = Path(config.out)
-    if not config.progress:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    data = load_examples(config.data, prompt_field=config.prompt_field, completion_field=config.completion_field,
-                         messages_field=config.messages_field, answer_field=config.answer_field,
-                         limit=config.limit, skip_invalid=config.skip_invalid)
-    model, tokenizer = load_model(config.model, device=config.device)
-    # the original solutions, tokenized and checked as training would see them
-    tokenized, skipped = tokenize_dataset(data.examples, tokenizer, max_length=config.max_length,
-                                          skip_invalid=config.skip_invalid, source=config.data)
-    skipped = data.skipped + skipped
+    prepared = prepare(config)  # the original solutions, tokenized and checked as training would see them
+    data, model, tokenizer = prepared.data, prepared.model, prepared.tokenizer
+    tokenized, skipped = prepared.tokenized, prepared.skipped
     by_index = {e.index: e for e in data.examples}
     examples = [by_index[t.index] for t in tokenized]
     prompts = {}

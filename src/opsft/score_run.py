@@ -14,10 +14,9 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .data import load_examples
 from .errors import DataError, OpsftError
-from .models import load_model
-from .rendering import fingerprint, prompt_format, tokenize_dataset
+from .jobs import prepare
+from .rendering import fingerprint, prompt_format
 from .report import format_markdown, format_table, phi_summary, plot_histogram, worst_examples_html
 from .resumable import ResultLog
 from .scoring import iter_scored, score_token_ids
@@ -61,17 +60,9 @@ class ScoreConfig:
 def run_score(config: ScoreConfig) -> dict:
     """Score config.data under config.model; returns the summary (also written to out/summary.json)."""
     out = Path(config.out)
-    if not config.progress:  # transformers' own bars (loading weights) too
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    data = load_examples(config.data, prompt_field=config.prompt_field, completion_field=config.completion_field,
-                         messages_field=config.messages_field, answer_field=config.answer_field,
-                         limit=config.limit, skip_invalid=config.skip_invalid)
-    model, tokenizer = load_model(config.model, device=config.device)
-    tokenized, skipped = tokenize_dataset(data.examples, tokenizer, max_length=config.max_length,
-                                              skip_invalid=config.skip_invalid, source=config.data)
-    skipped = data.skipped + skipped
+    prepared = prepare(config)
+    data, model, tokenizer = prepared.data, prepared.model, prepared.tokenizer
+    tokenized, skipped = prepared.tokenized, prepared.skipped
     if not tokenized:
         raise OpsftError(f"{config.data}: no example left to score ({len(skipped)} skipped: "
                          f"{dict(Counter(e.reason for e in skipped))})")

@@ -16,60 +16,55 @@ from pathlib import Path
 
 import torch
 
-from .data import load_examples
 from .errors import DataError, OpsftError
 from .losses import LossConfig
-from .models import load_model
-from .rendering import fingerprint, tokenize_dataset
+from .jobs import option, prepare
+from .rendering import fingerprint
 from .resumable import ResultLog
 from .scoring import token_logprobs
 from .training import FamilyCollator, FamilySFTTrainer, build_train_dataset
-
-
-def _option(default, help_text, **extra):
-    return field(default=default, metadata={"help": help_text, **extra})
 
 
 @dataclass(kw_only=True)
 class TrainConfig(LossConfig):
     model: str = field(metadata={"help": "model: built-in alias (smollm2-135m), local directory or hub id"})
     data: str = field(metadata={"help": "dataset (as for opsft score)"})
-    output_dir: str = _option("runs/train", "output directory: checkpoints, final model, summary")
-    prompt_field: str | None = _option(None, "column holding the prompt (e.g. question)")
-    completion_field: str | None = _option(None, "column holding the completion (e.g. solution)")
-    messages_field: str | None = _option(None, "column holding a message list")
-    limit: int | None = _option(None, "train on the first N rows only")
-    skip_invalid: bool = _option(False, "skip bad rows (counted by reason) instead of stopping at the first")
-    max_length: int = _option(1024, "token limit of prompt + completion; longer completions are truncated")
-    quality_field: str | None = _option(None, "SFT(Q): column holding each example's quality score (>= 0)")
-    iw_reference: str = _option("precompute", "iw-SFT reference log-probs: precompute (once, with the initial "
+    output_dir: str = option("runs/train", "output directory: checkpoints, final model, summary")
+    prompt_field: str | None = option(None, "column holding the prompt (e.g. question)")
+    completion_field: str | None = option(None, "column holding the completion (e.g. solution)")
+    messages_field: str | None = option(None, "column holding a message list")
+    limit: int | None = option(None, "train on the first N rows only")
+    skip_invalid: bool = option(False, "skip bad rows (counted by reason) instead of stopping at the first")
+    max_length: int = option(1024, "token limit of prompt + completion; longer completions are truncated")
+    quality_field: str | None = option(None, "SFT(Q): column holding each example's quality score (>= 0)")
+    iw_reference: str = option("precompute", "iw-SFT reference log-probs: precompute (once, with the initial "
                                               "model), frozen (a frozen copy during training), or field "
                                               "(a column of the data)", choices=["precompute", "frozen", "field"])
-    ref_logprobs_field: str = _option("token_logprob", "with --iw-reference field: the column of per-token "
+    ref_logprobs_field: str = option("token_logprob", "with --iw-reference field: the column of per-token "
                                                        "log-probs (opsft score --save-tokens writes it)")
-    learning_rate: float | None = _option(None, "peak learning rate (default 1e-5, or 2e-4 with --lora)")
-    num_train_epochs: float = _option(1.0, "epochs (ignored when --max-steps > 0)")
-    max_steps: int = _option(-1, "optimizer steps (overrides epochs when > 0)")
-    per_device_train_batch_size: int = _option(8, "examples per device per micro-batch")
-    gradient_accumulation_steps: int = _option(1, "micro-batches per optimizer step")
-    lr_scheduler_type: str = _option("linear", "learning-rate schedule (transformers names)")
-    lr_warmup_ratio: float = _option(0.0, "share of steps (in [0, 1)) with a linear learning-rate warm-up")
-    weight_decay: float = _option(0.0, "AdamW weight decay")
-    max_grad_norm: float = _option(1.0, "gradient clipping norm")
-    seed: int = _option(42, "random seed (data order, initialisation of LoRA)")
-    logging_steps: int = _option(10, "log metrics every N steps")
-    save_steps: int = _option(500, "save a checkpoint every N steps")
-    save_total_limit: int | None = _option(None, "keep at most N checkpoints")
-    gradient_checkpointing: bool = _option(False, "recompute activations in the backward pass (less memory)")
-    lora: bool = _option(False, "train a LoRA adapter (PEFT) instead of all weights")
-    lora_r: int = _option(16, "LoRA rank")
-    lora_alpha: int = _option(32, "LoRA alpha")
-    lora_dropout: float = _option(0.05, "LoRA dropout")
-    lora_target_modules: str = _option("all-linear", "LoRA target modules (comma-separated names or all-linear)")
-    device: str | None = _option(None, "cuda / cpu (default: cuda when available)")
-    report_to: str = _option("none", "where TRL sends metrics: none, tensorboard, wandb, trackio, ...")
-    resume: bool = _option(False, "continue from the last checkpoint in --output-dir")
-    progress: bool = _option(True, "show progress bars")
+    learning_rate: float | None = option(None, "peak learning rate (default 1e-5, or 2e-4 with --lora)")
+    num_train_epochs: float = option(1.0, "epochs (ignored when --max-steps > 0)")
+    max_steps: int = option(-1, "optimizer steps (overrides epochs when > 0)")
+    per_device_train_batch_size: int = option(8, "examples per device per micro-batch")
+    gradient_accumulation_steps: int = option(1, "micro-batches per optimizer step")
+    lr_scheduler_type: str = option("linear", "learning-rate schedule (transformers names)")
+    lr_warmup_ratio: float = option(0.0, "share of steps (in [0, 1)) with a linear learning-rate warm-up")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    max_grad_norm: float = option(1.0, "gradient clipping norm")
+    seed: int = option(42, "random seed (data order, initialisation of LoRA)")
+    logging_steps: int = option(10, "log metrics every N steps")
+    save_steps: int = option(500, "save a checkpoint every N steps")
+    save_total_limit: int | None = option(None, "keep at most N checkpoints")
+    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass (less memory)")
+    lora: bool = option(False, "train a LoRA adapter (PEFT) instead of all weights")
+    lora_r: int = option(16, "LoRA rank")
+    lora_alpha: int = option(32, "LoRA alpha")
+    lora_dropout: float = option(0.05, "LoRA dropout")
+    lora_target_modules: str = option("all-linear", "LoRA target modules (comma-separated names or all-linear)")
+    device: str | None = option(None, "cuda / cpu (default: cuda when available)")
+    report_to: str = option("none", "where TRL sends metrics: none, tensorboard, wandb, trackio, ...")
+    resume: bool = option(False, "continue from the last checkpoint in --output-dir")
+    progress: bool = option(True, "show progress bars")
     sft_args: dict = field(default_factory=dict, metadata={"help": "other TRL SFTConfig options (YAML only)",
                                                            "yaml_only": True})
 
@@ -87,17 +82,9 @@ def run_train(config: TrainConfig, *, callbacks=None) -> dict:
     loss.validate()
     _check_training_options(config)
     out = Path(config.output_dir)
-    if not config.progress:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-
-    data = load_examples(config.data, prompt_field=config.prompt_field, completion_field=config.completion_field,
-                         messages_field=config.messages_field, limit=config.limit, skip_invalid=config.skip_invalid)
-    model, tokenizer = load_model(config.model, device=config.device)
-    tokenized, skipped = tokenize_dataset(data.examples, tokenizer, max_length=config.max_length,
-                                          skip_invalid=config.skip_invalid, source=config.data)
-    skipped = data.skipped + skipped
+    prepared = prepare(config)
+    data, model, tokenizer = prepared.data, prepared.model, prepared.tokenizer
+    tokenized, skipped = prepared.tokenized, prepared.skipped
     if not tokenized:
         raise OpsftError(f"{config.data}: no example left to train on ({len(skipped)} skipped)")
     rows = {e.index: e.row for e in data.examples}

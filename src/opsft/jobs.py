@@ -1,0 +1,40 @@
+"""What the job commands (score, realign, train) share: their config fields and how every one starts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .data import LoadedData, load_examples
+from .errors import DataError
+from .models import load_model
+from .rendering import TokenizedExample, tokenize_dataset
+
+
+def option(default, help_text, **extra):
+    """A config field with its command-line help (and choices, ...)."""
+    return field(default=default, metadata={"help": help_text, **extra})
+
+
+@dataclass
+class Prepared:
+    data: LoadedData
+    model: object
+    tokenizer: object
+    tokenized: list[TokenizedExample]  # the examples as training will see them
+    skipped: list[DataError]  # rows left out (with skip_invalid), loading and tokenizing together
+
+
+def prepare(config) -> Prepared:
+    """Load and check the data, load the model, tokenize as training does; silence the loaders' progress
+    bars when the job's are off. `config` is a job config (data, model, field mapping, limits)."""
+    if not config.progress:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    data = load_examples(config.data, prompt_field=config.prompt_field, completion_field=config.completion_field,
+                         messages_field=config.messages_field, answer_field=getattr(config, "answer_field", None),
+                         limit=config.limit, skip_invalid=config.skip_invalid)
+    model, tokenizer = load_model(config.model, device=config.device)
+    tokenized, skipped = tokenize_dataset(data.examples, tokenizer, max_length=config.max_length,
+                                          skip_invalid=config.skip_invalid, source=config.data)
+    return Prepared(data, model, tokenizer, tokenized, data.skipped + skipped)
