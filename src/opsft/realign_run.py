@@ -179,9 +179,11 @@ def run_realign(config: RealignConfig) -> dict:
                                     decoding, eos_token_ids=eos, tokenizer=tokenizer,
                                     pad_token_id=tokenizer.pad_token_id or 0,
                                     seeds=[config.seed * 1_000_003 + e.index for e in batch])
-            log.append([{**_check(e, d, tokenizer, model, config),
-                         **({"analysis": tokenizer.decode(a, skip_special_tokens=True)} if config.analysis else {})}
-                        for e, d, a in zip(batch, decoded, analyses)])
+            records = _check_batch(batch, decoded, tokenizer, model, config)
+            if config.analysis:
+                for record, analysis in zip(records, analyses):
+                    record["analysis"] = tokenizer.decode(analysis, skip_special_tokens=True)
+            log.append(records)
             new_tokens += sum(len(d.tokens) for d in decoded)
             bar.update(len(batch))
     seconds = time.perf_counter() - started
@@ -225,31 +227,46 @@ def _as_list(value) -> list:
     return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def _check(example: Example, decoded, tokenizer, model, config: RealignConfig) -> dict:
-    """Provenance of one rewrite: how it ended, whether its answer is right, and phi_mean before/after."""
-    eos_free = [t for t in decoded.tokens if t != tokenizer.eos_token_id]
-    rewrite = tokenizer.decode(eos_free, skip_special_tokens=True).strip()
-    completion = rewrite if isinstance(example.completion, str) else [{"role": "assistant", "content": rewrite}]
-    reference = example.answer if example.answer is not None else _text(example.completion)
-    pairs = [tokenize_example(example.prompt, example.completion, tokenizer)]
-    if rewrite:
-        pairs.append(tokenize_example(example.prompt, completion, tokenizer))
-    phis = score_token_ids(model, [(ids[:config.max_length], start) for ids, start in pairs])
+def _as_completion(example: Example, rewrite: str):
+    """The rewrite in the shape of the example's completion (text, or one assistant message)."""
+    return rewrite if isinstance(example.completion, str) else [{"role": "assistant", "content": rewrite}]
+
+
+def _check_batch(batch: list[Example], decoded, tokenizer, model, config: RealignConfig) -> list[dict]:
+    """Provenance of each rewrite: how it ended, whether its answer is right, and phi_mean under the plain
+    prompt of the original and of the rewrite (scored for the whole batch at once)."""
+    rewrites = [tokenizer.decode([t for t in d.tokens if t != tokenizer.eos_token_id], skip_special_tokens=True)
+                .strip() for d in decoded]
+
+    def scored(example, completion):
+        ids, start = tokenize_example(example.prompt, completion, tokenizer)
+        return ids[:config.max_length], start
+
+    def phi_means(sequences, temperature=1.0):
+        return [float(np.mean(phi)) for phi in
+                score_token_ids(model, sequences, temperature=temperature, batch_size=len(batch))]
+
+    written = [i for i, rewrite in enumerate(rewrites) if rewrite]
+    rewritten = [scored(batch[i], _as_completion(batch[i], rewrites[i])) for i in written]
+    original = phi_means([scored(e, e.completion) for e in batch])
+    rewrite_phi = dict(zip(written, phi_means(rewritten))) if written else {}
     # SPEC §1: a sample drawn at temperature tau' < 1 scores positive at tau = 1; at its own temperature
     # it scores ~0 if it is the model's own. Both are kept: tau = 1 is what training sees.
-    at_sampling = None
-    if rewrite and config.temperature not in (0, 1):
-        at_sampling = float(np.mean(score_token_ids(model, [(pairs[1][0][:config.max_length], pairs[1][1])],
-                                                    temperature=config.temperature)[0]))
-    return {
-        "index": example.index, "rewrite": rewrite, "finish_reason": decoded.finish_reason,
-        "handover_step": decoded.handover_step, "mean_lambda": decoded.mean_lambda,
-        "n_tokens": len(decoded.tokens),
-        "answer_correct": bool(rewrite) and answer_matches(rewrite, reference, example.verify),
-        "phi_mean_original": float(np.mean(phis[0])),
-        "phi_mean_rewrite": float(np.mean(phis[1])) if rewrite else None,
-        "phi_mean_rewrite_at_sampling_temperature": at_sampling,
-    }
+    at_sampling = {}
+    if written and config.temperature not in (0, 1):
+        at_sampling = dict(zip(written, phi_means(rewritten, config.temperature)))
+    records = []
+    for i, (example, d, rewrite) in enumerate(zip(batch, decoded, rewrites)):
+        reference = example.answer if example.answer is not None else _text(example.completion)
+        records.append({
+            "index": example.index, "rewrite": rewrite, "finish_reason": d.finish_reason,
+            "handover_step": d.handover_step, "mean_lambda": d.mean_lambda, "n_tokens": len(d.tokens),
+            "answer_correct": bool(rewrite) and answer_matches(rewrite, reference, example.verify),
+            "phi_mean_original": original[i],
+            "phi_mean_rewrite": rewrite_phi.get(i),
+            "phi_mean_rewrite_at_sampling_temperature": at_sampling.get(i),
+        })
+    return records
 
 
 def _drop_reason(record: dict, config: RealignConfig, marker: str | None) -> str | None:
@@ -277,9 +294,8 @@ def _write_outputs(out, config, data, examples, records, skipped, marker, throug
         if reason:
             dropped.append({"row": r["index"] + 1, "reason": reason, "rewrite": r["rewrite"], **provenance})
             continue
-        completion = r["rewrite"] if isinstance(example.completion, str) else [
-            {"role": "assistant", "content": r["rewrite"]}]
-        kept.append({**example.row, "prompt": example.prompt, "completion": completion, "realign": provenance})
+        kept.append({**example.row, "prompt": example.prompt, "completion": _as_completion(example, r["rewrite"]),
+                     "realign": provenance})
     with (out / "realigned.jsonl").open("w") as f:
         f.writelines(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in kept)
     with (out / "dropped.jsonl").open("w") as f:

@@ -117,9 +117,10 @@ class FamilySFTTrainer(SFTTrainer):
         metrics = self._metrics[mode]
         gather = self.accelerator.gather_for_metrics
         mask = outputs.label_mask
+        n = gather(mask.sum()).sum().clamp(min=1)  # completion tokens on all processes
 
-        def mean(values, where=mask):
-            return (gather((values.detach().float() * where).sum()).sum() / gather(where.sum()).sum().clamp(min=1))
+        def mean(values):
+            return gather((values.detach().float() * mask).sum()).sum() / n
 
         metrics["nll"].append(mean(-outputs.log_probs).item())  # plain SFT loss, comparable across methods
         metrics["entropy"].append(mean(outputs.entropy).item())
@@ -136,8 +137,9 @@ class FamilySFTTrainer(SFTTrainer):
             metrics["idft/gamma_mean"].append(mean(stats["gamma"]).item())
             metrics["idft/lambda"].append(float(stats["lam"]))
         if "sequence_weight" in stats:
-            metrics["iwsft/sequence_weight_mean"].append(gather(stats["sequence_weight"]).mean().item())
-            metrics["iwsft/sequence_weight_max"].append(gather(stats["sequence_weight"]).max().item())
+            sequence_weights = gather(stats["sequence_weight"])
+            metrics["iwsft/sequence_weight_mean"].append(sequence_weights.mean().item())
+            metrics["iwsft/sequence_weight_max"].append(sequence_weights.max().item())
         if "clipped" in stats:
             metrics["iwsft/clipped_fraction"].append(gather(stats["clipped"].float()).mean().item())
         if mode == "train":
