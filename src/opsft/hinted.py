@@ -20,10 +20,12 @@ one batched forward pass per step, and finished rows leave the batch.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from .generation import Decoded, decode_rows, generators_for, prefill, sample_token
 
 LAMBDA_MODES = ("linear", "sigmoid", "piecewise")
 
@@ -45,18 +47,6 @@ class HintedDecodingConfig:
     seed: int = 0
 
 
-@dataclass
-class Decoded:
-    tokens: list[int]
-    finish_reason: str  # "eos", "length" or "repetition"
-    handover_step: int | None  # step after which the plain stream wrote alone (answer marker seen)
-    lambdas: list[float] = field(default_factory=list)  # lam_t per generated token
-
-    @property
-    def mean_lambda(self) -> float:
-        return sum(self.lambdas) / len(self.lambdas) if self.lambdas else float("nan")
-
-
 def mixing_lambda(h: torch.Tensor, config: HintedDecodingConfig) -> torch.Tensor:
     """lam = f(h), h = H_hinted / log V in [0, 1]."""
     if config.lambda_mode == "linear":
@@ -76,41 +66,6 @@ def mixture_logprobs(log_p_hinted: torch.Tensor, log_p_plain: torch.Tensor, lam:
     return F.log_softmax((1 - lam) * log_p_hinted + lam * log_p_plain, dim=-1)
 
 
-def sample_token(log_m: torch.Tensor, temperature: float, top_p: float, generator=None) -> torch.Tensor:
-    """Greedy when temperature == 0; else keep the top-p nucleus of m, then sample from it at temperature.
-
-    `generator` is one torch.Generator for the batch, or a list with one per row (each row's draws then
-    do not depend on the other rows of the batch).
-    """
-    if temperature == 0:
-        return log_m.argmax(-1)
-    sorted_log_m, order = log_m.sort(dim=-1, descending=True)
-    mass_before = sorted_log_m.exp().cumsum(-1) - sorted_log_m.exp()
-    keep_sorted = mass_before < top_p  # the most likely token is always kept
-    keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
-    probs = F.softmax(log_m.masked_fill(~keep, -math.inf) / temperature, dim=-1).float()
-    if isinstance(generator, list):
-        return torch.cat([torch.multinomial(row, 1, generator=g) for row, g in zip(probs, generator)])
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
-
-
-class RepetitionDetector:
-    """True once the last k tokens, as a window, have occurred m times in the sequence (overlaps count)."""
-
-    def __init__(self, window: int, count: int):
-        self.window, self.count = window, count
-        self.tokens: list[int] = []
-        self.seen: dict[tuple[int, ...], int] = {}
-
-    def push(self, token: int) -> bool:
-        self.tokens.append(token)
-        if self.window <= 0 or len(self.tokens) < self.window:
-            return False
-        key = tuple(self.tokens[-self.window:])
-        self.seen[key] = self.seen.get(key, 0) + 1
-        return self.seen[key] >= self.count
-
-
 @torch.no_grad()
 def hinted_decode(model, hinted_prompts: list[list[int]], plain_prompts: list[list[int]],
                   config: HintedDecodingConfig, *, eos_token_ids: set[int], tokenizer=None,
@@ -127,78 +82,38 @@ def hinted_decode(model, hinted_prompts: list[list[int]], plain_prompts: list[li
         raise ValueError("an answer marker needs the tokenizer to find it in the text")
     n = len(hinted_prompts)
     device = model.get_output_embeddings().weight.device
-    generator = None
-    if config.temperature > 0:
-        generator = (torch.Generator(device=device).manual_seed(config.seed) if seeds is None else
-                     [torch.Generator(device=device).manual_seed(seed) for seed in seeds])
+    generator = generators_for(seeds, device, config.seed) if config.temperature > 0 else None
     log_vocab = math.log(model.get_output_embeddings().weight.shape[0])
+    handed_over: set[int] = set()
+    lambdas: list[list[float]] = [[] for _ in range(n)]  # lam_t of every token each row chose
 
-    # rows 0..n-1: hinted streams; rows n..2n-1: plain streams; left-padded so the last column is "now"
-    cache, logits, attention_mask, next_position = _prefill(model, hinted_prompts, plain_prompts, pad_token_id,
-                                                            device)
-
-    results = [Decoded([], "length", None) for _ in range(n)]
-    repetition = [RepetitionDetector(config.repeat_window, config.repeat_count) for _ in range(n)]
-    active = list(range(n))  # example index of each remaining row pair, in batch order
-    for step in range(config.max_new_tokens):
-        log_p = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+    def choose(step, log_p, active):  # rows 0..k-1: hinted streams; k..2k-1: plain streams
         k = len(active)
         log_p_hinted, log_p_plain = log_p[:k], log_p[k:]
         entropy = -(log_p_hinted.exp() * log_p_hinted).sum(-1)
         lam = mixing_lambda(entropy / log_vocab, config)
-        handed_over = torch.tensor([results[i].handover_step is not None for i in active], device=lam.device)
-        lam = torch.where(handed_over, torch.ones_like(lam), lam)
+        lam = torch.where(torch.tensor([i in handed_over for i in active], device=lam.device), 1.0, lam)
         if step == 0 and config.hinted_first_token:
             lam = torch.zeros_like(lam)
-        row_generators = [generator[i] for i in active] if isinstance(generator, list) else generator
-        tokens = sample_token(mixture_logprobs(log_p_hinted, log_p_plain, lam), config.temperature,
-                              config.top_p, row_generators)
+        for i, value in zip(active, lam.tolist()):
+            lambdas[i].append(value)
+        rows = [generator[i] for i in active] if isinstance(generator, list) else generator
+        return sample_token(mixture_logprobs(log_p_hinted, log_p_plain, lam), config.temperature, config.top_p,
+                            rows)
 
-        still = []
-        for j, i in enumerate(active):
-            token, result = int(tokens[j]), results[i]
-            result.tokens.append(token)
-            result.lambdas.append(float(lam[j]))
-            if token in eos_token_ids:
-                result.finish_reason = "eos"
-            elif repetition[i].push(token):
-                result.finish_reason = "repetition"
-            else:
-                if (config.answer_marker and result.handover_step is None
-                        and config.answer_marker in tokenizer.decode(result.tokens[-16:])):
-                    result.handover_step = step
-                still.append(j)
-        if not still or step == config.max_new_tokens - 1:
-            break
-        if len(still) < k:  # finished rows leave the batch, in both streams
-            keep = torch.tensor(still + [k + j for j in still], device=device)
-            cache.batch_select_indices(keep)
-            tokens, attention_mask, next_position = tokens[still], attention_mask[keep], next_position[keep]
-            active = [active[j] for j in still]
-        feed = torch.cat([tokens, tokens])[:, None]
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(feed), 1)], dim=1)
-        out = model(input_ids=feed, attention_mask=attention_mask, position_ids=next_position[:, None],
-                    past_key_values=cache, use_cache=True)
-        cache, logits, next_position = out.past_key_values, out.logits[:, -1], next_position + 1
+    def after_token(step, i, result):
+        if (config.answer_marker and i not in handed_over
+                and config.answer_marker in tokenizer.decode(result.tokens[-16:])):
+            handed_over.add(i)
+            result.handover_step = step
+
+    results = decode_rows(model, _prefill(model, hinted_prompts, plain_prompts, pad_token_id, device), n, 2,
+                          choose, max_new_tokens=config.max_new_tokens, eos_token_ids=eos_token_ids,
+                          repeat_window=config.repeat_window, repeat_count=config.repeat_count,
+                          after_token=after_token)
+    for result, row_lambdas in zip(results, lambdas):
+        result.lambdas = row_lambdas
     return results
-
-
-def _left_padded(prompts: list[list[int]], pad_token_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(p) for p in prompts)
-    input_ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros(len(prompts), width, dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        input_ids[row, width - len(prompt):] = torch.as_tensor(prompt)
-        attention_mask[row, width - len(prompt):] = 1
-    return input_ids.to(device), attention_mask.to(device)
-
-
-def _forward_prompts(model, prompts, pad_token_id, device):
-    input_ids, attention_mask = _left_padded(prompts, pad_token_id, device)
-    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True,
-                logits_to_keep=1)
-    return out.past_key_values, out.logits[:, -1], attention_mask, positions[:, -1] + 1
 
 
 def _prefill(model, hinted_prompts, plain_prompts, pad_token_id, device):
@@ -211,10 +126,10 @@ def _prefill(model, hinted_prompts, plain_prompts, pad_token_id, device):
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
 
-    hinted = _forward_prompts(model, hinted_prompts, pad_token_id, device)
+    hinted = prefill(model, hinted_prompts, pad_token_id, device)
     if not (type(hinted[0]) is DynamicCache and all(type(layer) is DynamicLayer for layer in hinted[0].layers)):
-        return _forward_prompts(model, hinted_prompts + plain_prompts, pad_token_id, device)
-    plain = _forward_prompts(model, plain_prompts, pad_token_id, device)
+        return prefill(model, hinted_prompts + plain_prompts, pad_token_id, device)
+    plain = prefill(model, plain_prompts, pad_token_id, device)
     width = max(hinted[2].shape[1], plain[2].shape[1])
 
     def pad(t: torch.Tensor, dim: int) -> torch.Tensor:  # left-pad dimension `dim` to `width`
