@@ -1,8 +1,9 @@
 """Final answers: where a solution states it, and whether it matches the reference (SPEC §5).
 
-Extraction, in order: the last `\\boxed{...}` (nested braces allowed), the text after the last `####`,
-else the last number. Matching: the task's own scorer when there is one (reasoning-gym), else
-math-verify's symbolic equivalence (fractions vs decimals, thousands separators, ...).
+Extraction, in order: the last `<answer>...</answer>` (reasoning-gym's convention), the last
+`\\boxed{...}` (nested braces allowed), the text after the last `####`, else the last number. Matching:
+the task's own scorer when there is one (reasoning-gym), else math-verify's symbolic equivalence
+(fractions vs decimals, thousands separators, ...).
 """
 
 from __future__ import annotations
@@ -13,7 +14,13 @@ from collections.abc import Callable
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
 
 
+_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+
+
 def final_answer(text: str) -> str | None:
+    tagged = _ANSWER_TAG.findall(text)
+    if tagged:
+        return tagged[-1].strip()
     boxed = _last_boxed(text)
     if boxed is not None:
         return boxed.strip()
@@ -43,6 +50,13 @@ def answer_matches(text: str, reference: str, task_scorer: Callable[[str], float
         return False
     if task_scorer is not None:
         return task_scorer(answer) >= 1.0
-    from math_verify import parse, verify
+    from math_verify import verify
 
-    return bool(verify(parse(reference), parse(answer)))
+    return bool(verify(_parse(reference), _parse(answer)))
+
+
+def _parse(text: str):
+    """math-verify's parse; bare LaTeX (``\\dfrac{1}{3}``, ``\\{1,2\\}``) is read as a $...$ formula."""
+    from math_verify import parse
+
+    return parse(text) or parse(f"${text}$")

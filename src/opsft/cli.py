@@ -13,6 +13,8 @@ from pathlib import Path
 import yaml
 
 from .errors import OpsftError
+from .eval_run import EvalConfig, run_eval
+from .prefs_run import PrefsConfig, run_prefs
 from .realign_run import RealignConfig, run_realign
 from .score_run import ScoreConfig, run_score
 from .train_run import TrainConfig, run_train
@@ -24,6 +26,10 @@ COMMANDS = {
                 "Hinted Decoding: rewrite reference solutions into the model's own distribution, checked"),
     "train": (TrainConfig, run_train,
               "fine-tune with SFT, DFT, IDFT, iw-SFT or SFT(Q) on TRL (full or LoRA; resumable)"),
+    "eval": (EvalConfig, run_eval,
+             "accuracy on in-domain and out-of-domain sets (greedy or avg@k / pass@k, 95% CIs), and drift"),
+    "prefs": (PrefsConfig, run_prefs,
+              "preference pairs (prompt/chosen/rejected) from the model's own checked samples, for DPO/SimPO"),
 }
 
 

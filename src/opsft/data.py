@@ -286,3 +286,38 @@ def _messages(value: Any, source: str, row: int, name: str) -> Messages:
         raise DataError("must be a list of {'role': str, 'content': str} messages", source=source, row=row,
                         field=name, reason="invalid_messages")
     return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+def load_preferences(source: str, *, limit: int | None = None, skip_invalid: bool = False
+                     ) -> tuple[list[dict[str, Any]], list[DataError]]:
+    """Rows of TRL's preference shape {prompt, chosen, rejected} (all text, or a message-list prompt with
+    assistant-message answers), checked row by row like `load_examples`."""
+    rows, skipped = [], []
+    for index, (row_number, record) in enumerate(_read_records(source)):
+        if limit is not None and index >= limit:
+            break
+        try:
+            if isinstance(record, _Raising):
+                raise record.error
+            if not isinstance(record, dict):
+                raise DataError("is not an object", source=source, row=row_number, reason="not_an_object")
+            prompt = _require(record, "prompt", source, row_number)
+            answers = {name: _require(record, name, source, row_number) for name in ("chosen", "rejected")}
+            if isinstance(prompt, str):
+                _require_text(prompt, source, row_number, "prompt", "prompt")
+                for name, value in answers.items():
+                    _require_text(value, source, row_number, name, name)
+            else:
+                prompt = _messages(prompt, source, row_number, "prompt")
+                for name, value in answers.items():
+                    answers[name] = _messages(value, source, row_number, name)
+                    _require_text("".join(m["content"] for m in answers[name]), source, row_number, name, name)
+        except DataError as error:
+            if not skip_invalid:
+                raise
+            skipped.append(error)
+            continue
+        rows.append({"prompt": prompt, **answers})
+    if not rows and not skipped:
+        raise OpsftError(f"{source}: no rows")
+    return rows, skipped

@@ -172,3 +172,14 @@ def sample(model, prompts: list[list[int]], config: SamplingConfig, *, eos_token
     return decode_rows(model, prefill(model, prompts, pad_token_id, device), len(prompts), 1, choose,
                        max_new_tokens=config.max_new_tokens, eos_token_ids=eos_token_ids,
                        repeat_window=config.repeat_window, repeat_count=config.repeat_count)
+
+
+def eos_token_ids(model, tokenizer) -> set[int]:
+    """Every token that ends a reply: the tokenizer's EOS and the model's generation-config EOS tokens."""
+    configured = model.generation_config.eos_token_id
+    configured = [] if configured is None else configured if isinstance(configured, (list, tuple)) else [configured]
+    return {tokenizer.eos_token_id, *configured} - {None}
+
+
+def decoded_text(tokenizer, decoded: Decoded, eos: set[int]) -> str:
+    return tokenizer.decode([t for t in decoded.tokens if t not in eos], skip_special_tokens=True).strip()

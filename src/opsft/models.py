@@ -10,6 +10,7 @@ The cache directory is $OPSFT_CACHE, else $XDG_CACHE_HOME/opsft, else ~/.cache/o
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -58,8 +59,39 @@ def resolve_model(name: str) -> str:
     return name
 
 
-def load_model(name: str, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
-    """(model, tokenizer) in eval mode. The tokenizer gets a pad token (its EOS) if it has none, as TRL does."""
+def adapter_base(adapter: str | Path) -> str | None:
+    """The base model a PEFT adapter directory was trained on, or None if `adapter` is not one."""
+    config = Path(adapter) / "adapter_config.json"
+    if not config.is_file():
+        return None
+    return json.loads(config.read_text()).get("base_model_name_or_path")
+
+
+def same_model(a: str, b: str) -> bool:
+    """Do two model names (aliases, directories or hub ids) name the same checkpoint?"""
+    a, b = resolve_model(a) if a in BUILTIN_MODELS else a, resolve_model(b) if b in BUILTIN_MODELS else b
+    if Path(a).exists() and Path(b).exists():
+        return Path(a).resolve() == Path(b).resolve()
+    return a.rstrip("/") == b.rstrip("/")
+
+
+def load_model(name: str, *, adapter: str | None = None, device: str | torch.device | None = None,
+               dtype: torch.dtype | None = None):
+    """(model, tokenizer) in eval mode. The tokenizer gets a pad token (its EOS) if it has none, as TRL does.
+
+    A LoRA adapter (PEFT) is merged into its base for inference: give the adapter directory as `name`
+    (its base is read from adapter_config.json), or the base as `name` and the adapter as `adapter`
+    (the adapter must have been trained on that base). The adapter's tokenizer is used if it saved one.
+    """
+    if adapter is None and adapter_base(name) is not None:
+        name, adapter = adapter_base(name), name
+    if adapter is not None:
+        base = adapter_base(adapter)
+        if base is None:
+            raise OpsftError(f"adapter '{adapter}': no adapter_config.json there (not a PEFT adapter directory)")
+        if not same_model(base, name):
+            raise OpsftError(f"adapter '{adapter}' was trained on base model '{base}', not '{name}'; "
+                             f"pass --model {base}")
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
     path = resolve_model(name)
@@ -70,6 +102,13 @@ def load_model(name: str, *, device: str | torch.device | None = None, dtype: to
             raise OpsftError(f"model '{name}': could not be loaded from {path} ({e})") from None
     else:
         model, tokenizer = _from_hub(name, dtype)
+    if adapter is not None:
+        from peft import PeftModel
+        from transformers import AutoTokenizer
+
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        if (Path(adapter) / "tokenizer_config.json").exists():
+            tokenizer = AutoTokenizer.from_pretrained(adapter)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(device).eval(), tokenizer

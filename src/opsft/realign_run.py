@@ -26,6 +26,8 @@ from tqdm.auto import tqdm
 from .answers import answer_matches
 from .data import Example
 from .errors import DataError, OpsftError
+from .evaluation import completion_text, reference_answer
+from .generation import decoded_text, eos_token_ids
 from .hinted import LAMBDA_MODES, HintedDecodingConfig, hinted_decode
 from .jobs import option, prepare
 from .rendering import fingerprint, prompt_ids, tokenize_example
@@ -100,13 +102,9 @@ class RealignConfig:
         return {k: v for k, v in asdict(self).items() if k in keep}
 
 
-def _text(part) -> str:
-    return part if isinstance(part, str) else "".join(m["content"] for m in part)
-
-
 def hinted_prompt(example: Example, template: str):  # also renders the analysis prompt
     """The question with the reference solution and the rewrite instruction, in the example's shape."""
-    solution = _text(example.completion)
+    solution = completion_text(example)
     if isinstance(example.prompt, str):
         return template.format(question=example.prompt, solution=solution) + "\n"
     *context, last = example.prompt
@@ -119,7 +117,7 @@ def _pick_marker(config: RealignConfig, examples: list[Example]) -> str | None:
         return None
     if config.answer_marker != "auto":
         return config.answer_marker
-    solutions = [_text(e.completion) for e in examples]
+    solutions = [completion_text(e) for e in examples]
     for marker in ("\\boxed{", "####"):
         if solutions and sum(marker in s for s in solutions) >= len(solutions) / 2:
             return marker
@@ -151,7 +149,7 @@ def run_realign(config: RealignConfig) -> dict:
         raise OpsftError(f"{config.data}: no example left to realign ({len(skipped)} skipped)")
     marker = _pick_marker(config, examples)
     decoding = config.decoding(marker)
-    eos = {tokenizer.eos_token_id, *_as_list(model.generation_config.eos_token_id)} - {None}
+    eos = eos_token_ids(model, tokenizer)
 
     # Under `accelerate launch` process r of w takes the examples with index % w == r and logs them to its own
     # file; every process counts all logs as done (so a rerun resumes, even with another w), and the main
@@ -215,16 +213,12 @@ def write_analyses(model, tokenizer, batch: list[Example], config: RealignConfig
     generated = model.generate(input_ids.to(device), attention_mask=attention_mask.to(device), do_sample=False,
                                max_new_tokens=config.analysis_max_tokens, pad_token_id=pad)[:, width:].tolist()
     separator = tokenizer("\n\n", add_special_tokens=False)["input_ids"]
-    stop = {tokenizer.eos_token_id, pad, *_as_list(model.generation_config.eos_token_id)}
+    stop = eos_token_ids(model, tokenizer) | {pad}
     analyses = []
     for tokens in generated:
         cut = next((i for i, t in enumerate(tokens) if t in stop), len(tokens))
         analyses.append(tokens[:cut] + separator)
     return analyses
-
-
-def _as_list(value) -> list:
-    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def _as_completion(example: Example, rewrite: str):
@@ -235,8 +229,8 @@ def _as_completion(example: Example, rewrite: str):
 def _check_batch(batch: list[Example], decoded, tokenizer, model, config: RealignConfig) -> list[dict]:
     """Provenance of each rewrite: how it ended, whether its answer is right, and phi_mean under the plain
     prompt of the original and of the rewrite (scored for the whole batch at once)."""
-    rewrites = [tokenizer.decode([t for t in d.tokens if t != tokenizer.eos_token_id], skip_special_tokens=True)
-                .strip() for d in decoded]
+    eos = eos_token_ids(model, tokenizer)
+    rewrites = [decoded_text(tokenizer, d, eos) for d in decoded]
 
     def scored(example, completion):
         ids, start = tokenize_example(example.prompt, completion, tokenizer)
@@ -257,7 +251,7 @@ def _check_batch(batch: list[Example], decoded, tokenizer, model, config: Realig
         at_sampling = dict(zip(written, phi_means(rewritten, config.temperature)))
     records = []
     for i, (example, d, rewrite) in enumerate(zip(batch, decoded, rewrites)):
-        reference = example.answer if example.answer is not None else _text(example.completion)
+        reference = reference_answer(example)
         records.append({
             "index": example.index, "rewrite": rewrite, "finish_reason": d.finish_reason,
             "handover_step": d.handover_step, "mean_lambda": d.mean_lambda, "n_tokens": len(d.tokens),

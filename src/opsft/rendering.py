@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from trl.data_utils import common_prefix_length
 
-from .errors import DataError
+from .errors import DataError, OpsftError
 
 if TYPE_CHECKING:
     from .data import Example
@@ -116,3 +116,21 @@ def fingerprint(tokenized: Sequence[TokenizedExample]) -> str:
     for t in tokenized:
         digest.update(json.dumps([t.index, t.completion_start, t.input_ids]).encode())
     return digest.hexdigest()
+
+
+def use_prompt_format(tokenizer, chosen: str | None, model: str, has_message_prompts: bool) -> str:
+    """Fix how message-list prompts are rendered for generation, and say which: 'chat' (the tokenizer's chat
+    template) or 'plain' (`render_plain`). Without a choice, a model with no chat template is an error when
+    the prompts are messages: generating from a format the model was never tuned on is a silent mistake."""
+    has_template = prompt_format(tokenizer) == "chat"
+    if chosen == "plain":
+        tokenizer.chat_template = None
+        return "plain"
+    if chosen == "chat" and not has_template:
+        raise OpsftError(f"model '{model}' has no chat template; use --prompt-format plain ('User: ...' / "
+                         f"'Assistant:' prompts) or a model with a chat template")
+    if chosen is None and has_message_prompts and not has_template:
+        raise OpsftError(f"model '{model}' has no chat template and no --prompt-format was given: pass "
+                         f"--prompt-format plain to render prompts as 'User: ...\\nAssistant:', or use a model "
+                         f"with a chat template")
+    return "chat" if has_template else "plain"

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .errors import DataError, OpsftError
-from .losses import LossConfig
+from .losses import METHODS, LossConfig
 from .jobs import option, prepare
 from .rendering import fingerprint
 from .resumable import ResultLog
@@ -25,8 +25,13 @@ from .scoring import token_logprobs
 from .training import FamilyCollator, FamilySFTTrainer, build_train_dataset
 
 
+PREFERENCE_METHODS = ("dpo", "simpo")
+
+
 @dataclass(kw_only=True)
 class TrainConfig(LossConfig):
+    loss: str = option("sft", "loss: " + ", ".join(METHODS + PREFERENCE_METHODS) + " (dpo and simpo train on "
+                              "preference pairs, e.g. from opsft prefs)", choices=list(METHODS + PREFERENCE_METHODS))
     model: str = field(metadata={"help": "model: built-in alias (smollm2-135m), local directory or hub id"})
     data: str = field(metadata={"help": "dataset (as for opsft score)"})
     output_dir: str = option("runs/train", "output directory: checkpoints, final model, summary")
@@ -65,7 +70,11 @@ class TrainConfig(LossConfig):
     report_to: str = option("none", "where TRL sends metrics: none, tensorboard, wandb, trackio, ...")
     resume: bool = option(False, "continue from the last checkpoint in --output-dir")
     progress: bool = option(True, "show progress bars")
-    sft_args: dict = field(default_factory=dict, metadata={"help": "other TRL SFTConfig options (YAML only)",
+    dpo_beta: float = option(0.1, "DPO beta (strength of the KL tie to the reference model)")
+    simpo_beta: float = option(2.0, "SimPO beta (scale of the length-normalised reward)")
+    simpo_gamma: float = option(1.0, "SimPO target reward margin gamma")
+    sft_args: dict = field(default_factory=dict, metadata={"help": "other options of the TRL trainer config "
+                                                                   "(SFTConfig, DPOConfig or CPOConfig; YAML only)",
                                                            "yaml_only": True})
 
     def loss_config(self) -> LossConfig:
@@ -74,13 +83,16 @@ class TrainConfig(LossConfig):
 
 def run_train(config: TrainConfig, *, callbacks=None) -> dict:
     """Train; returns the summary (also written to output_dir/train_summary.json)."""
-    from peft import LoraConfig
     from trl import SFTConfig
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
+    if config.loss in PREFERENCE_METHODS:
+        from .preference_training import run_preference_train
+
+        return run_preference_train(config, callbacks=callbacks)
     loss = config.loss_config()
     loss.validate()
-    _check_training_options(config)
+    check_training_options(config)
     out = Path(config.output_dir)
     prepared = prepare(config)
     data, model, tokenizer = prepared.data, prepared.model, prepared.tokenizer
@@ -98,10 +110,27 @@ def run_train(config: TrainConfig, *, callbacks=None) -> dict:
         else:
             ref_model = "adapter-off" if config.lora else copy.deepcopy(model)
 
+    args = SFTConfig(max_length=config.max_length, **trainer_arguments(config, model, default_lr=(2e-4, 1e-5)))
+    peft_config = lora_config(config)
+    trainer = FamilySFTTrainer(
+        model=model, args=args, processing_class=tokenizer, peft_config=peft_config,
+        train_dataset=build_train_dataset(tokenized, ref_log_probs=ref_log_probs, quality=quality),
+        data_collator=FamilyCollator(DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id)),
+        loss_config=loss, ref_model=ref_model, callbacks=callbacks,
+        sample_weights=[quality[t.index] for t in tokenized] if loss.quality_mode == "sample" and quality else None,
+    )
+    summary = train_and_save(trainer, config, tokenizer, examples=len(tokenized), skipped=skipped,
+                             truncated=sum(t.truncated for t in tokenized))
+    return summary
+
+
+def trainer_arguments(config: TrainConfig, model, *, default_lr: tuple[float, float]) -> dict:
+    """The TrainingArguments every trainer (SFT, DPO, CPO/SimPO) gets from the same options;
+    default_lr = (with LoRA, full fine-tuning)."""
     on_cuda = next(model.parameters()).device.type == "cuda"
-    args = SFTConfig(
-        output_dir=str(out), max_length=config.max_length, seed=config.seed,
-        learning_rate=config.learning_rate or (2e-4 if config.lora else 1e-5),
+    return dict(
+        output_dir=config.output_dir, seed=config.seed,
+        learning_rate=config.learning_rate or default_lr[0 if config.lora else 1],
         num_train_epochs=config.num_train_epochs, max_steps=config.max_steps,
         per_device_train_batch_size=config.per_device_train_batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
@@ -112,44 +141,61 @@ def run_train(config: TrainConfig, *, callbacks=None) -> dict:
         bf16=on_cuda and torch.cuda.is_bf16_supported(), use_cpu=not on_cuda,
         disable_tqdm=not config.progress, **config.sft_args,
     )
-    peft_config = None
-    if config.lora:
-        targets = config.lora_target_modules
-        peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                                 target_modules=targets if targets == "all-linear" else targets.split(","),
-                                 task_type="CAUSAL_LM")
-    trainer = FamilySFTTrainer(
-        model=model, args=args, processing_class=tokenizer, peft_config=peft_config,
-        train_dataset=build_train_dataset(tokenized, ref_log_probs=ref_log_probs, quality=quality),
-        data_collator=FamilyCollator(DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id)),
-        loss_config=loss, ref_model=ref_model, callbacks=callbacks,
-        sample_weights=[quality[t.index] for t in tokenized] if loss.quality_mode == "sample" and quality else None,
-    )
+
+
+def lora_config(config: TrainConfig):
+    if not config.lora:
+        return None
+    from peft import LoraConfig
+
+    targets = config.lora_target_modules
+    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=targets if targets == "all-linear" else targets.split(","), task_type="CAUSAL_LM")
+
+
+def train_and_save(trainer, config: TrainConfig, tokenizer, *, examples: int, skipped: list, truncated: int,
+                   tokens_per_example: float | None = None) -> dict:
+    """Train (resuming from the last checkpoint with --resume), save final/, write train_summary.json.
+
+    Wall time adds up over resumed runs. Training tokens: TRL's own count of input tokens (`num_tokens`)
+    where the trainer logs it, else examples seen times the mean tokens per example."""
+    out = Path(config.output_dir)
+    resuming = config.resume and _has_checkpoint(out)
+    earlier = json.loads((out / "train_summary.json").read_text()) if resuming and (out / "train_summary.json").exists() else {}
     started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=True if config.resume and _has_checkpoint(out) else None)
+    trainer.train(resume_from_checkpoint=True if resuming else None)
     seconds = time.perf_counter() - started
     trainer.save_model(str(out / "final"))
     tokenizer.save_pretrained(str(out / "final"))
 
     history = trainer.state.log_history
+    logged_tokens = [h["num_tokens"] for h in history if "num_tokens" in h]
+    seen = trainer.state.global_step * trainer.args.per_device_train_batch_size * \
+        trainer.args.gradient_accumulation_steps * trainer.args.world_size
     summary = {
         "config": {k: v for k, v in asdict(config).items()},
-        "examples": len(tokenized),
+        "method": config.loss,
+        "examples": examples,
         "skipped": {reason: sum(e.reason == reason for e in skipped) for reason in {e.reason for e in skipped}},
-        "truncated": sum(t.truncated for t in tokenized),
+        "truncated": truncated,
         "steps": trainer.state.global_step,
+        "train_examples_seen": seen,
+        "train_tokens": int(logged_tokens[-1]) if logged_tokens else
+        (round(seen * tokens_per_example) if tokens_per_example else None),
+        "train_tokens_source": "trl num_tokens" if logged_tokens else "examples seen x mean tokens per example",
+        "train_seconds": round(earlier.get("train_seconds", 0.0) + seconds, 2),
         "train_seconds_this_run": round(seconds, 2),
         "log_history": history,
     }
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     losses = [h["loss"] for h in history if "loss" in h]
     if losses:
-        print(f"\nopsft train: {loss.loss}, {trainer.state.global_step} steps, loss {losses[0]:.4f} -> "
+        print(f"\nopsft train: {config.loss}, {trainer.state.global_step} steps, loss {losses[0]:.4f} -> "
               f"{losses[-1]:.4f}; model in {out / 'final'}", flush=True)
     return summary
 
 
-def _check_training_options(config: TrainConfig) -> None:
+def check_training_options(config: TrainConfig) -> None:
     checks = [
         (config.max_length > 1, f"--max-length must be > 1 (got {config.max_length})"),
         (config.per_device_train_batch_size >= 1, "--per-device-train-batch-size must be >= 1"),

@@ -1,0 +1,305 @@
+"""`opsft eval`: generation-based accuracy of a model on in-domain and out-of-domain sets, and its drift.
+
+A model is a base model, a full fine-tune, or a LoRA adapter (merged into its base for inference). The
+sets come from `--data` (one in-domain set) or a suite YAML file:
+
+    in_domain:
+      gsm: "gym:gsm_symbolic?size=100&seed=1"
+    out_of_domain:
+      arithmetic: {data: "gym:basic_arithmetic?size=100&seed=1", max_new_tokens: 64}
+      mine: {data: my_test.jsonl, prompt_field: question, completion_field: answer}
+    drift: {data: "gym:gsm_symbolic?size=32&seed=7", base: smollm2-135m}
+
+Each set: k samples per problem (greedy when temperature is 0), every answer checked (the task's scorer
+for reasoning-gym, math-verify otherwise), per-problem outputs saved for auditing, accuracy (avg@k) and
+pass@k with 95 % intervals (evaluation.py). Drift (drift.py): phi_mean of the base model's own samples
+under the evaluated model. Resumable: finished problems are logged and never generated twice.
+
+Writes into `out`: sets/<name>/samples.jsonl (+ progress.jsonl), drift/ (base samples, scores),
+eval_summary.json, eval_summary.md.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .data import LoadedData, load_examples
+from .drift import drift_of, sample_base
+from .errors import DataError, OpsftError
+from .evaluation import accuracy_summary, sample_and_check
+from .generation import SamplingConfig
+from .jobs import option
+from .models import adapter_base, load_model
+from .rendering import prompt_ids, use_prompt_format
+from .resumable import ResultLog
+
+GROUPS = ("in_domain", "out_of_domain")
+SET_OPTIONS = ("prompt_field", "completion_field", "messages_field", "answer_field", "limit", "k", "temperature",
+               "top_p", "max_new_tokens")
+
+
+@dataclass
+class EvalConfig:
+    model: str = field(metadata={"help": "model: alias, directory (a full fine-tune or a LoRA adapter) or hub id"})
+    data: str | None = option(None, "one in-domain evaluation set (as for opsft score); or use --suite")
+    suite: str | None = option(None, "YAML file naming in_domain / out_of_domain sets (and drift)")
+    adapter: str | None = option(None, "a LoRA adapter directory to merge into --model")
+    out: str = option("runs/eval", "output directory (a rerun resumes in it)")
+    prompt_field: str | None = option(None, "column holding the question")
+    completion_field: str | None = option(None, "column holding the reference solution or answer")
+    messages_field: str | None = option(None, "column holding a message list")
+    answer_field: str | None = option(None, "column holding the reference final answer (default: extracted "
+                                              "from the solution)")
+    limit: int | None = option(None, "evaluate the first N problems of each set")
+    skip_invalid: bool = option(False, "skip bad rows (counted by reason) instead of stopping at the first")
+    prompt_format: str | None = option(None, "how message prompts are rendered: chat (the model's template) or "
+                                              "plain ('User: ...'); required for a model with no chat template",
+                                       choices=["chat", "plain"])
+    k: int = option(1, "samples per problem: accuracy is avg@k, and pass@k is reported")
+    temperature: float = option(0.0, "sampling temperature (0: greedy, needs k = 1)")
+    top_p: float = option(1.0, "nucleus kept before sampling")
+    max_new_tokens: int = option(512, "length cap of an answer")
+    max_length: int = option(2048, "token limit of prompt + answer")
+    repeat_window: int = option(0, "stop an answer when a window of this many tokens (0: never) ...")
+    repeat_count: int = option(5, "... has occurred this many times")
+    seed: int = option(0, "sampling seed (each problem and sample draws from its own generator)")
+    batch_size: int = option(32, "sequences generated together")
+    drift_data: str | None = option(None, "prompts for the drift measure (their completions are not used)")
+    drift_base: str | None = option(None, "base model for the drift measure (default: the adapter's base)")
+    drift_samples: int = option(1, "base samples per drift prompt")
+    drift_limit: int | None = option(64, "drift prompts used (the first N)")
+    drift_max_new_tokens: int = option(256, "length cap of a base sample")
+    device: str | None = option(None, "cuda / cpu (default: cuda when available)")
+    overwrite: bool = option(False, "discard an earlier run in --out instead of resuming")
+    progress: bool = option(True, "show progress bars")
+
+
+@dataclass
+class EvalSet:
+    name: str
+    group: str
+    data: str
+    prompt_field: str | None = None
+    completion_field: str | None = None
+    messages_field: str | None = None
+    answer_field: str | None = None
+    limit: int | None = None
+    k: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = 512
+
+    def sampling(self, config: EvalConfig) -> SamplingConfig:
+        return SamplingConfig(temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens,
+                              repeat_window=config.repeat_window, repeat_count=config.repeat_count)
+
+
+def eval_sets(config: EvalConfig) -> tuple[list[EvalSet], dict]:
+    """The sets to evaluate (each with its options: the set's own, else the command's) and the suite's drift
+    section; every problem with the suite is reported here, naming the suite and the set."""
+    defaults = {name: getattr(config, name) for name in SET_OPTIONS}
+    if config.data is not None:
+        sets = [EvalSet(_set_name(config.data), "in_domain", config.data, **defaults)]
+        return sets, {}
+    if config.suite is None:
+        raise OpsftError("give --data (one evaluation set) or --suite (a YAML file of sets)")
+    path = Path(config.suite)
+    if not path.is_file():
+        raise OpsftError(f"--suite {path}: no such file")
+    suite = yaml.safe_load(path.read_text()) or {}
+    unknown = set(suite) - {*GROUPS, "drift"} if isinstance(suite, dict) else {"(not a mapping)"}
+    if unknown:
+        raise OpsftError(f"{path}: unknown sections {sorted(unknown)} (use {', '.join(GROUPS)}, drift)")
+    sets = []
+    for group in GROUPS:
+        entries = suite.get(group) or {}
+        if not isinstance(entries, dict):
+            raise OpsftError(f"{path}: {group}: expected a mapping of set name: data (or {{data: ..., options}})")
+        for name, entry in entries.items():
+            entry = {"data": entry} if isinstance(entry, str) else entry
+            if not isinstance(entry, dict) or "data" not in entry:
+                raise OpsftError(f"{path}: {group}.{name}: needs 'data'")
+            bad = set(entry) - {"data", *SET_OPTIONS}
+            if bad:
+                raise OpsftError(f"{path}: {group}.{name}: unknown options {sorted(bad)}")
+            if _looks_like_file(entry["data"]):
+                file = Path(entry["data"])
+                file = file if file.is_absolute() or file.exists() else path.parent / file
+                if not file.exists():
+                    raise OpsftError(f"{path}: {group}.{name}: data file {entry['data']} does not exist")
+                entry = {**entry, "data": str(file)}
+            sets.append(EvalSet(str(name), group, **{**defaults, **entry}))
+    if not sets:
+        raise OpsftError(f"{path}: names no evaluation set (add {GROUPS[0]}: or {GROUPS[1]}:)")
+    names = [s.name for s in sets]
+    if len(set(names)) != len(names):
+        raise OpsftError(f"{path}: set names must be unique (got {names})")
+    return sets, suite.get("drift") or {}
+
+
+def _looks_like_file(data: str) -> bool:
+    return Path(data).suffix.lower() in (".jsonl", ".json", ".parquet", ".csv")
+
+
+def _set_name(data: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(data.split("?")[0].removeprefix("gym:")).stem) or "set"
+
+
+def _check(config: EvalConfig, sets: list[EvalSet]) -> None:
+    for s in sets:
+        where = f"set '{s.name}': " if config.suite else ""
+        if s.k < 1:
+            raise OpsftError(f"{where}k must be >= 1 (got {s.k})")
+        if s.temperature < 0 or not 0 < s.top_p <= 1:
+            raise OpsftError(f"{where}temperature must be >= 0 and top_p in (0, 1]")
+        if s.temperature == 0 and s.k > 1:
+            raise OpsftError(f"{where}greedy decoding (temperature 0) gives one answer per problem: use k = 1, "
+                             f"or a temperature > 0 for k = {s.k} samples")
+        if s.max_new_tokens < 1:
+            raise OpsftError(f"{where}max_new_tokens must be >= 1")
+    if config.drift_samples < 1:
+        raise OpsftError("--drift-samples must be >= 1")
+
+
+def run_eval(config: EvalConfig) -> dict:
+    sets, drift_section = eval_sets(config)
+    _check(config, sets)
+    drift_data = drift_section.get("data", config.drift_data)
+    drift_base = drift_section.get("base", config.drift_base)
+    if drift_data and not drift_base:
+        drift_base = adapter_base(config.adapter or config.model)
+        if drift_base is None:
+            raise OpsftError("the drift measure needs the base model: pass --drift-base (for a LoRA adapter it is "
+                             "read from the adapter)")
+    loaded = {s.name: _load_set(s, config) for s in sets}  # all data checked before any model is loaded
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not config.progress:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+    drift_prompts, drift_records = {}, []
+    if drift_data:
+        drift_prompts, drift_records = _base_samples(config, drift_data, drift_base, out)
+
+    model, tokenizer = load_model(config.model, adapter=config.adapter, device=config.device)
+    has_messages = any(isinstance(e.prompt, list) for data in loaded.values() for e in data.examples)
+    rendering = use_prompt_format(tokenizer, config.prompt_format, config.model, has_messages)
+    results = {}
+    for s in sets:
+        results[s.name] = _evaluate_set(s, loaded[s.name], model, tokenizer, config, out, rendering)
+    drift = None
+    if drift_data:
+        drift = {"data": drift_data, "base": drift_base,
+                 **drift_of(model, drift_records, drift_prompts, batch_size=config.batch_size)}
+        (out / "drift" / "drift.json").write_text(json.dumps(drift, indent=2) + "\n")
+    summary = {
+        "model": config.model, "adapter": config.adapter, "prompt_format": rendering,
+        "sets": results,
+        "in_domain_accuracy": _macro(results, "in_domain"), "out_of_domain_accuracy": _macro(results, "out_of_domain"),
+        "drift": drift,
+        "config": asdict(config),
+    }
+    (out / "eval_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    table = format_eval_table(summary)
+    (out / "eval_summary.md").write_text(table + "\n")
+    print(f"\nopsft eval ({out}): {config.model}{' + ' + config.adapter if config.adapter else ''}\n{table}", flush=True)
+    return summary
+
+
+def _load_set(s: EvalSet, config: EvalConfig) -> LoadedData:
+    return load_examples(s.data, prompt_field=s.prompt_field, completion_field=s.completion_field,
+                         messages_field=s.messages_field, answer_field=s.answer_field, limit=s.limit,
+                         skip_invalid=config.skip_invalid)
+
+
+def _prompts(examples, tokenizer, budget: int, config: EvalConfig, source: str, skipped: list):
+    prompts = {}
+    for e in examples:
+        ids = prompt_ids(e.prompt, tokenizer)
+        if len(ids) + budget > config.max_length:
+            error = DataError(f"prompt of {len(ids)} tokens + {budget} new tokens exceeds --max-length "
+                              f"{config.max_length}", source=source, row=e.index + 1, field="prompt",
+                              reason="prompt_too_long")
+            if not config.skip_invalid:
+                raise error
+            skipped.append(error)
+            continue
+        prompts[e.index] = ids
+    return prompts
+
+
+def _evaluate_set(s: EvalSet, data: LoadedData, model, tokenizer, config: EvalConfig, out: Path,
+                  rendering: str) -> dict:
+    skipped = list(data.skipped)
+    prompts = _prompts(data.examples, tokenizer, s.max_new_tokens, config, s.data, skipped)
+    examples = [e for e in data.examples if e.index in prompts]
+    if not examples:
+        raise OpsftError(f"{s.data}: no problem left to evaluate ({len(skipped)} skipped)")
+    directory = out / "sets" / s.name
+    settings = {"model": config.model, "adapter": config.adapter, "prompt_format": rendering, "seed": config.seed,
+                "repeat_window": config.repeat_window, "repeat_count": config.repeat_count,
+                "set": asdict(s), "prompts": {str(i): p for i, p in prompts.items()}}
+    log = ResultLog(directory / "progress.jsonl", settings, overwrite=config.overwrite)
+    sample_and_check(model, tokenizer, examples, prompts, s.sampling(config), k=s.k, seed=config.seed,
+                     batch_size=config.batch_size, log=log, progress=config.progress, desc=f"eval {s.name}")
+    records = log.records()
+    by_index = {e.index: e for e in examples}
+    with (directory / "samples.jsonl").open("w") as f:
+        for r in records:
+            prompt = by_index[r["index"]].prompt
+            f.write(json.dumps({"row": r["index"] + 1, "prompt": prompt, **r}, ensure_ascii=False) + "\n")
+    result = {"group": s.group, "data": s.data, "temperature": s.temperature, "top_p": s.top_p,
+              "max_new_tokens": s.max_new_tokens,
+              **accuracy_summary([[sample["correct"] for sample in r["samples"]] for r in records]),
+              "finish_reasons": dict(Counter(sample["finish_reason"] for r in records for sample in r["samples"])),
+              "skipped": dict(Counter(e.reason for e in skipped))}
+    return result
+
+
+def _base_samples(config: EvalConfig, data: str, base: str, out: Path):
+    """The base model's own samples on the drift prompts (logged, resumable); the base is freed after."""
+    loaded = load_examples(data, prompt_field=config.prompt_field, completion_field=config.completion_field,
+                           messages_field=config.messages_field, limit=config.drift_limit,
+                           skip_invalid=config.skip_invalid)
+    model, tokenizer = load_model(base, device=config.device)
+    rendering = use_prompt_format(tokenizer, config.prompt_format, base,
+                                  any(isinstance(e.prompt, list) for e in loaded.examples))
+    prompts = _prompts(loaded.examples, tokenizer, config.drift_max_new_tokens, config, data, [])
+    settings = {"base": base, "data": data, "limit": config.drift_limit, "samples": config.drift_samples,
+                "max_new_tokens": config.drift_max_new_tokens, "seed": config.seed, "prompt_format": rendering,
+                "prompts": {str(i): p for i, p in prompts.items()}}
+    log = ResultLog(out / "drift" / "base_samples.jsonl", settings, overwrite=config.overwrite)
+    sample_base(model, tokenizer, prompts, samples=config.drift_samples, max_new_tokens=config.drift_max_new_tokens,
+                seed=config.seed, batch_size=config.batch_size, log=log)
+    del model
+    gc.collect()
+    return prompts, log.records()
+
+
+def _macro(results: dict, group: str) -> float | None:
+    values = [r["accuracy"] for r in results.values() if r["group"] == group]
+    return sum(values) / len(values) if values else None
+
+
+def format_eval_table(summary: dict) -> str:
+    lines = ["| set | group | problems | k | accuracy (95% CI) | pass@k |", "|---|---|---|---|---|---|"]
+    for name, r in summary["sets"].items():
+        k = r["samples_per_problem"]
+        low, high = r["accuracy_ci95"]
+        lines.append(f"| {name} | {r['group'].replace('_', '-')} | {r['problems']} | {k} | "
+                     f"{r['accuracy']:.3f} ({low:.3f}–{high:.3f}) | {r[f'pass@{k}']:.3f} |")
+    drift = summary.get("drift")
+    if drift:
+        lines.append(f"\ndrift from {drift['base']}: phi_mean of its samples under this model = "
+                     f"{drift['drift']:+.4f} ± {drift['drift_sem']:.4f} (sem, {drift['samples']} samples)")
+    return "\n".join(lines)
+

@@ -1,0 +1,82 @@
+"""`opsft train --loss dpo | simpo`: the offline-RL baselines (SPEC §4), on TRL's own trainers.
+
+  dpo    TRL's DPOTrainer: -log sigmoid(beta * [log pi/pi_ref (chosen) - log pi/pi_ref (rejected)]);
+         the reference is a frozen copy of the starting model (with LoRA: the model, adapter off).
+  simpo  TRL's CPOTrainer with loss_type "simpo" and cpo_alpha 0 (no NLL term):
+         -log sigmoid(beta * [mean log pi (chosen) - mean log pi (rejected)] - gamma); no reference model.
+
+Same model, LoRA, schedule and checkpoint options as the SFT family; the data are preference pairs
+({prompt, chosen, rejected}, e.g. from `opsft prefs`). Defaults: DPO beta 0.1; SimPO beta 2.0 and
+gamma 1.0 (gamma / beta = 0.5, the SimPO paper's recommended ratio); learning rate 5e-7 for full
+fine-tuning and 5e-6 with LoRA (DPO and SimPO are run with far smaller rates than SFT).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import datasets
+import numpy as np
+
+from .data import load_preferences
+from .errors import OpsftError
+from .models import load_model
+from .rendering import render_plain, prompt_format
+from .train_run import TrainConfig, check_training_options, lora_config, train_and_save, trainer_arguments
+
+DEFAULT_LEARNING_RATE = (5e-6, 5e-7)  # (with LoRA, full fine-tuning)
+
+
+def run_preference_train(config: TrainConfig, *, callbacks=None) -> dict:
+    from trl import DPOConfig, DPOTrainer
+    from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+    check_training_options(config)
+    if config.dpo_beta <= 0 or config.simpo_beta <= 0:
+        raise OpsftError("--dpo-beta and --simpo-beta must be > 0")
+    rows, skipped = load_preferences(config.data, limit=config.limit, skip_invalid=config.skip_invalid)
+    if not rows:
+        raise OpsftError(f"{config.data}: no preference pair left to train on ({len(skipped)} skipped)")
+    if not config.progress:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    model, tokenizer = load_model(config.model, device=config.device)
+    if prompt_format(tokenizer) == "plain":  # no chat template: message lists become the plain format
+        rows = [_as_plain(row) for row in rows]
+    arguments = trainer_arguments(config, model, default_lr=DEFAULT_LEARNING_RATE)
+    if config.loss == "dpo":
+        args = DPOConfig(max_length=config.max_length, beta=config.dpo_beta, **arguments)
+        trainer = DPOTrainer(model=model, ref_model=None if config.lora else copy.deepcopy(model), args=args,
+                             train_dataset=datasets.Dataset.from_list(rows), processing_class=tokenizer,
+                             peft_config=lora_config(config), callbacks=callbacks)
+    else:
+        args = CPOConfig(max_length=config.max_length, loss_type="simpo", cpo_alpha=0.0, beta=config.simpo_beta,
+                         simpo_gamma=config.simpo_gamma, remove_unused_columns=False, **arguments)
+        trainer = CPOTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(rows),
+                             processing_class=tokenizer, peft_config=lora_config(config), callbacks=callbacks)
+    mean_tokens, truncated = _token_counts(rows, tokenizer, config.max_length)
+    return train_and_save(trainer, config, tokenizer, examples=len(rows), skipped=skipped, truncated=truncated,
+                          tokens_per_example=mean_tokens)
+
+
+def _text(part) -> str:
+    return part if isinstance(part, str) else "".join(m["content"] for m in part)
+
+
+def _as_plain(row: dict) -> dict:
+    if isinstance(row["prompt"], str):
+        return row
+    return {"prompt": render_plain(row["prompt"], generation_prompt=True), "chosen": _text(row["chosen"]),
+            "rejected": _text(row["rejected"])}
+
+
+def _token_counts(rows: list[dict], tokenizer, max_length: int) -> tuple[float, int]:
+    """Mean tokens a pair costs (prompt twice, chosen, rejected; counted on the text, without the chat
+    template), and how many pairs have a prompt + answer over max_length (TRL truncates them)."""
+    def count(part) -> int:
+        return len(tokenizer(text=_text(part), add_special_tokens=False)["input_ids"])
+
+    sizes = [(count(r["prompt"]), count(r["chosen"]), count(r["rejected"])) for r in rows]
+    return (float(np.mean([2 * p + c + r for p, c, r in sizes])),
+            sum(p + max(c, r) > max_length for p, c, r in sizes))
