@@ -10,13 +10,15 @@ import torch
 from conftest import make_model
 from reference_hinted import EOS, reference_decode
 from opsft.generation import RepetitionDetector, sample_token
-from opsft.hinted import (HintedDecodingConfig, hinted_decode, mixing_lambda,
-                          mixture_logprobs)
+from opsft.hinted import HintedDecodingConfig, hinted_decode, mixing_lambda, mixture_logprobs
+
+
 
 @pytest.fixture(scope="module")
 def model64(tokenizer):
     """float64, so that greedy ties cannot depend on the order of floating-point sums."""
     return make_model(len(tokenizer), seed=3).double()
+
 
 def prompts(tokenizer):
     questions = ["Solve 3x + 4 = 19", "What is 17 + 25?", "hello"]
@@ -27,6 +29,7 @@ def prompts(tokenizer):
     assert len({len(p) for p in hinted + plain}) > 3  # mixed lengths in one batch
     return hinted, plain
 
+
 GREEDY = HintedDecodingConfig(temperature=0.0, max_new_tokens=24, answer_marker=None, repeat_window=6,
                               repeat_count=3)
 MODES = {
@@ -34,6 +37,7 @@ MODES = {
     "sigmoid": dataclasses.replace(GREEDY, lambda_mode="sigmoid", beta=12.0, center=0.35),
     "piecewise": dataclasses.replace(GREEDY, lambda_mode="piecewise", h1=0.2, h2=0.5),
 }
+
 
 @pytest.mark.parametrize("mode", MODES)
 def test_batched_cached_decoder_is_token_identical_to_the_reference(model64, tokenizer, mode):
@@ -52,6 +56,7 @@ def test_batched_cached_decoder_is_token_identical_to_the_reference(model64, tok
         mixed |= any(0.05 < lam < 0.95 for lam in lams)
     assert mixed, "the test should exercise a real mixture (0 < lam < 1), not just one stream"
 
+
 def test_answer_handover_then_the_plain_stream_writes_alone(model64, tokenizer):
     hinted, plain = prompts(tokenizer)
     free = hinted_decode(model64, hinted[:1], plain[:1], MODES["linear"], eos_token_ids={EOS})[0]
@@ -63,6 +68,7 @@ def test_answer_handover_then_the_plain_stream_writes_alone(model64, tokenizer):
     assert result.tokens == tokens and result.finish_reason == reason
     assert all(lam == 1.0 for lam in result.lambdas[handover + 1:])
 
+
 def test_repetition_stop(model64, tokenizer):
     hinted, plain = prompts(tokenizer)
     config = dataclasses.replace(MODES["piecewise"], repeat_window=2, repeat_count=3, max_new_tokens=64)
@@ -73,6 +79,7 @@ def test_repetition_stop(model64, tokenizer):
     detector = RepetitionDetector(window=3, count=2)
     assert [detector.push(t) for t in [1, 2, 3, 9, 1, 2, 3]] == [False] * 6 + [True]
 
+
 def test_beta_0_is_greedy_decoding_of_the_hinted_stream(model64, tokenizer):
     hinted, plain = prompts(tokenizer)
     config = dataclasses.replace(GREEDY, lambda_mode="linear", beta=0.0, repeat_window=0)
@@ -81,6 +88,7 @@ def test_beta_0_is_greedy_decoding_of_the_hinted_stream(model64, tokenizer):
         generated = model64.generate(torch.tensor([h]), max_new_tokens=config.max_new_tokens, do_sample=False,
                                      eos_token_id=EOS, pad_token_id=0)[0, len(h):].tolist()
         assert ours == generated
+
 
 def test_lambda_1_is_model_generate_on_the_plain_prompt(model64, tokenizer):
     hinted, plain = prompts(tokenizer)
@@ -92,6 +100,7 @@ def test_lambda_1_is_model_generate_on_the_plain_prompt(model64, tokenizer):
                                      eos_token_id=EOS, pad_token_id=0)[0, len(q):].tolist()
         assert result.tokens == generated
 
+
 def test_sampling_is_reproducible_with_a_seed(tiny_model, tokenizer):
     hinted, plain = prompts(tokenizer)
     config = HintedDecodingConfig(temperature=1.0, top_p=0.95, max_new_tokens=20, answer_marker=None, seed=11)
@@ -100,6 +109,7 @@ def test_sampling_is_reproducible_with_a_seed(tiny_model, tokenizer):
     other = [r.tokens for r in hinted_decode(tiny_model, hinted, plain, dataclasses.replace(config, seed=12),
                                              eos_token_ids={EOS})]
     assert first == again and first != other
+
 
 def test_mixture_and_nucleus():
     log_h = torch.log(torch.tensor([[0.7, 0.2, 0.1]], dtype=torch.float64))

@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from .errors import OpsftError
+from .compare_run import CompareConfig, run_compare
 from .eval_run import EvalConfig, run_eval
 from .prefs_run import PrefsConfig, run_prefs
 from .realign_run import RealignConfig, run_realign
@@ -30,6 +31,8 @@ COMMANDS = {
              "accuracy on in-domain and out-of-domain sets (greedy or avg@k / pass@k, 95% CIs), and drift"),
     "prefs": (PrefsConfig, run_prefs,
               "preference pairs (prompt/chosen/rejected) from the model's own checked samples, for DPO/SimPO"),
+    "compare": (CompareConfig, run_compare,
+                "several run / eval directories side by side: one table (markdown, CSV) and one bar chart"),
 }
 
 
@@ -61,6 +64,8 @@ def _add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
             continue
         kind = _base_type(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
+        many = typing.get_origin(kind) is list
+        kind = typing.get_args(kind)[0] if many else kind
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         help_text = f.metadata.get("help", "") + ("" if required else f" (default: {f.default})")
         if kind is bool:
@@ -68,7 +73,7 @@ def _add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
                                 help=help_text)
         else:
             parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, choices=f.metadata.get("choices"),
-                                help=help_text + (" [required]" if required else ""))
+                                nargs="+" if many else None, help=help_text + (" [required]" if required else ""))
 
 
 def _base_type(hint):
