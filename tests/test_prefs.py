@@ -1,0 +1,113 @@
+"""`opsft prefs` (pairs from the model's own checked samples) and the DPO / SimPO baselines on TRL."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from opsft.cli import main
+from opsft.prefs_run import make_pairs
+
+ROWS = [{"question": f"What is {a} + {b}?", "answer": str(a + b)} for a in range(4) for b in range(3)]
+
+
+def s(text, correct):
+    return {"text": text, "correct": correct}
+
+
+@pytest.mark.parametrize("samples, rule, pairs, reason", [
+    ([s("4", True), s("5", False), s("6", False)], "sample_or_reference", [("4", "5")], None),
+    ([s("5", False), s("6", False)], "sample_or_reference", [("REF", "5")], None),
+    ([s("5", False), s("6", False)], "sample", [], "no_correct_sample"),
+    ([s("4", True), s("5", False)], "reference", [("REF", "5")], None),
+    ([s("4", True), s("4.0", True)], "sample_or_reference", [], "all_samples_correct"),
+])
+def test_make_pairs(samples, rule, pairs, reason):
+    made, why = make_pairs(samples, "REF", rule, max_pairs=1)
+    assert [(p["chosen"], p["rejected"]) for p in made] == pairs and why == reason
+
+
+def test_several_pairs_per_prompt_use_distinct_samples():
+    made, _ = make_pairs([s("a", True), s("b", True), s("x", False), s("y", False), s("z", False)], "R",
+                         "sample", max_pairs=3)
+    assert [(p["chosen"], p["rejected"]) for p in made] == [("a", "x"), ("b", "y"), ("a", "z")]
+
+
+@pytest.fixture(scope="module")
+def prefs(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("prefs")
+    data = root / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    assert main(["prefs", "--model", str(tiny_model_dir), "--data", str(data), "--prompt-field", "question",
+                 "--completion-field", "answer", "--out", str(root / "out"), "--k", "3", "--max-new-tokens", "8",
+                 "--no-progress"]) == 0
+    return root / "out"
+
+
+def test_prefs_writes_trl_pairs_and_counts_every_prompt(prefs):
+    pairs = [json.loads(line) for line in (prefs / "prefs.jsonl").read_text().splitlines()]
+    summary = json.loads((prefs / "summary.json").read_text())
+    assert summary["prompts"] == len(ROWS) and summary["samples"] == 3 * len(ROWS)
+    assert summary["prompts_with_pairs"] + sum(summary["prompts_without_pair"].values()) == len(ROWS)
+    assert summary["pairs"] == len(pairs) > 0
+    checked = {r["row"]: r for r in map(json.loads, (prefs / "samples.jsonl").read_text().splitlines())}
+    for pair in pairs:
+        assert pair["prompt"] == [{"role": "user", "content": ROWS[pair["source_row"] - 1]["question"]}]
+        assert pair["chosen"][0]["role"] == pair["rejected"][0]["role"] == "assistant"
+        wrong = {x["text"] for x in checked[pair["source_row"]]["samples"] if not x["correct"]}
+        assert pair["rejected"][0]["content"] in wrong
+
+
+def train(tmp_path, model_dir, prefs, loss, *extra):
+    out = tmp_path / loss
+    assert main(["train", "--model", str(model_dir), "--data", str(prefs / "prefs.jsonl"), "--loss", loss,
+                 "--output-dir", str(out), "--logging-steps", "1", "--no-progress", *extra]) == 0
+    return json.loads((out / "train_summary.json").read_text())
+
+
+def test_dpo_reward_margin_increases_over_a_short_run(tmp_path, tiny_model_dir, prefs):
+    summary = train(tmp_path, tiny_model_dir, prefs, "dpo", "--max-steps", "8", "--per-device-train-batch-size",
+                    "12", "--learning-rate", "3e-4", "--lr-scheduler-type", "constant")
+    margins = [h["rewards/margins"] for h in summary["log_history"] if "rewards/margins" in h]
+    assert len(margins) == 8 and margins[0] == pytest.approx(0, abs=1e-5)  # policy = reference at step 0
+    assert margins[-1] > margins[0] + 1.0
+    assert all(b > a for a, b in zip(margins, margins[1:]))  # one full batch: the margin rises step by step
+    assert summary["method"] == "dpo" and summary["steps"] == 8 and summary["train_tokens"] > 0
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_simpo_trains_through_trls_cpo_trainer(tmp_path, tiny_model_dir, prefs, lora):
+    summary = train(tmp_path, tiny_model_dir, prefs, "simpo", "--max-steps", "2", "--per-device-train-batch-size",
+                    "4", *(["--lora"] if lora else []))
+    assert summary["config"]["simpo_beta"] == 2.0 and summary["config"]["simpo_gamma"] == 1.0
+    logged = [h for h in summary["log_history"] if "rewards/margins" in h]
+    assert logged and all(h["nll_loss"] == 0 for h in logged)  # cpo_alpha 0: no NLL term
+    assert (tmp_path / "simpo" / "final" / ("adapter_config.json" if lora else "config.json")).exists()
+
+
+def test_bad_preference_rows_name_the_row(tmp_path, tiny_model_dir, capsys):
+    data = tmp_path / "p.jsonl"
+    data.write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n" +
+                    json.dumps({"prompt": "q", "chosen": "a"}) + "\n")
+    assert main(["train", "--model", str(tiny_model_dir), "--data", str(data), "--loss", "dpo", "--max-steps", "1",
+                 "--output-dir", str(tmp_path / "o"), "--no-progress"]) == 2
+    assert "p.jsonl: row 2: field 'rejected': is missing" in capsys.readouterr().err
+
+
+def test_prefs_rejects_bad_options(tmp_path, tiny_model_dir, capsys):
+    for flag, value, message in (("--k", "0", "--k must be >= 1"), ("--temperature", "0", "--temperature must be > 0")):
+        assert main(["prefs", "--model", str(tiny_model_dir), "--data", "x.jsonl", flag, value]) == 2
+        assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_smollm2_prefs_then_dpo_and_simpo_with_lora(tmp_path):
+    assert main(["prefs", "--model", "smollm2-135m", "--data", "gym:basic_arithmetic?size=4&seed=0",
+                 "--out", str(tmp_path / "prefs"), "--k", "2", "--max-new-tokens", "32", "--no-progress"]) == 0
+    summary = json.loads((tmp_path / "prefs" / "summary.json").read_text())
+    assert summary["samples"] == 8 and summary["pairs"] > 0
+    for loss in ("dpo", "simpo"):
+        result = train(tmp_path, "smollm2-135m", tmp_path / "prefs", loss, "--lora", "--max-steps", "2",
+                       "--per-device-train-batch-size", "2")
+        assert result["steps"] == 2 and len([h for h in result["log_history"] if "rewards/margins" in h]) == 2
