@@ -15,6 +15,7 @@ import yaml
 from .errors import OpsftError
 from .compare_run import CompareConfig, run_compare
 from .eval_run import EvalConfig, run_eval
+from .lab import LabConfig, run_lab
 from .prefs_run import PrefsConfig, run_prefs
 from .realign_run import RealignConfig, run_realign
 from .score_run import ScoreConfig, run_score
@@ -33,6 +34,8 @@ COMMANDS = {
               "preference pairs (prompt/chosen/rejected) from the model's own checked samples, for DPO/SimPO"),
     "compare": (CompareConfig, run_compare,
                 "several run / eval directories side by side: one table (markdown, CSV) and one bar chart"),
+    "lab": (LabConfig, run_lab,
+            "the whole study in one command: data, base eval, DDT, realign, train every method, eval, report"),
 }
 
 

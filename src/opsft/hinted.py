@@ -37,8 +37,8 @@ class HintedDecodingConfig:
     center: float = 0.5  # sigmoid centre, in units of log V
     h1: float = 0.2  # piecewise: lam = 0 below
     h2: float = 0.6  # piecewise: lam = 1 above
-    temperature: float = 0.3  # 0 = greedy
-    top_p: float = 0.95
+    temperature: float = 1.0  # 0 = greedy; 1 samples the mixture itself (on-policy: phi ~ 0 at tau = 1)
+    top_p: float = 1.0  # the authors: top-p 0.95 then temperature 0.3 (scores positive at tau = 1)
     max_new_tokens: int = 512
     answer_marker: str | None = "\\boxed{"
     hinted_first_token: bool = True

@@ -72,8 +72,9 @@ class RealignConfig:
     center: float = option(0.5, "sigmoid centre of f")
     h1: float = option(0.2, "piecewise: lam = 0 below")
     h2: float = option(0.6, "piecewise: lam = 1 above")
-    temperature: float = option(0.3, "sampling temperature after top-p (0: greedy)")
-    top_p: float = option(0.95, "nucleus kept before sampling")
+    temperature: float = option(1.0, "sampling temperature after top-p (0: greedy; the authors used 0.3, "
+                                     "which makes rewrites score positive at tau = 1)")
+    top_p: float = option(1.0, "nucleus kept before sampling (the authors: 0.95)")
     max_new_tokens: int = option(512, "length cap of a rewrite")
     answer_marker: str = option("auto", "text after which the plain stream writes alone: auto (\\boxed{ or "
                                          "#### as the references use), none, or the marker itself")

@@ -1,0 +1,192 @@
+"""The lab's report: one row per method (mean ± std over seeds), plots, and an HTML page tying them together.
+
+Columns: in-domain accuracy, out-of-domain accuracy, drift from the base (DDT of the base's samples), the
+training data's phi_mean under the base model, training tokens, training time. The base model is the first
+row. Written into <lab>/report/: results.md, results.csv, results.json, accuracy.png, phi_hist.png,
+training_curves.png, index.html.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import statistics
+from pathlib import Path
+
+import numpy as np
+
+
+def _read(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _spread(values: list[float]) -> tuple[float | None, float | None]:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def _phi_of(out: Path, kind: str) -> float | None:
+    summary = _read(out / "score" / ("realigned" if kind == "realigned" else "raw") / "summary.json")
+    return summary["phi_mean"]["mean"] if summary and kind in ("raw", "realigned") else None
+
+
+def collect_rows(out: Path, settings: dict, runs: dict) -> list[dict]:
+    from .lab import METHODS
+
+    base = _read(out / "eval" / "base" / "eval_summary.json")
+    rows = [{"method": "base (no training)", "seeds": 1, "in_domain": (base["in_domain_accuracy"], None),
+             "out_of_domain": (base["out_of_domain_accuracy"], None),
+             "drift": ((base.get("drift") or {}).get("drift"), None), "train_phi_mean": None,
+             "train_tokens": (0, None), "train_seconds": (0, None), "note": ""}]
+    for method in settings["methods"]:
+        names = [f"{method}-seed{seed}" for seed in settings["seeds"]]
+        skipped = [runs[n]["skipped"] for n in names if "skipped" in runs.get(n, {})]
+        evals = [_read(out / "runs" / n / "eval" / "eval_summary.json") for n in names
+                 if "skipped" not in runs.get(n, {})]
+        trains = [_read(out / "runs" / n / "train_summary.json") for n in names]
+        evals, trains = [e for e in evals if e], [t for t in trains if t]
+        rows.append({
+            "method": method, "seeds": len(evals),
+            "in_domain": _spread([e["in_domain_accuracy"] for e in evals]),
+            "out_of_domain": _spread([e["out_of_domain_accuracy"] for e in evals]),
+            "drift": _spread([(e.get("drift") or {}).get("drift") for e in evals]),
+            "train_phi_mean": _phi_of(out, METHODS[method][1]),
+            "train_tokens": _spread([runs[n]["train_tokens"] for n in names if "train_tokens" in runs.get(n, {})]),
+            "train_seconds": _spread([t["train_seconds"] for t in trains]),
+            "note": skipped[0] if skipped else "",
+        })
+    return rows
+
+
+def _cell(value: tuple | None, digits: int = 3, signed: bool = False) -> str:
+    mean, std = value if value else (None, None)
+    if mean is None:
+        return "—"
+    text = f"{mean:+.{digits}f}" if signed else f"{mean:.{digits}f}"
+    return text + (f" ± {std:.{digits}f}" if std is not None else "")
+
+
+def format_results(rows: list[dict], settings: dict) -> str:
+    lines = [f"opsft lab ({settings['profile']}): {settings['model']}, trained on {settings['train_data']}",
+             "in-domain: " + ", ".join(settings["in_domain"]) + "; out-of-domain: " +
+             ", ".join(settings["out_of_domain"]) + "; mean ± std over seeds", "",
+             "| method | seeds | in-domain acc | out-of-domain acc | drift | train data phi_mean | train tokens "
+             "| train time (s) |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        phi = "—" if r["train_phi_mean"] is None else f"{r['train_phi_mean']:+.3f}"
+        tokens = _cell(r["train_tokens"], 0)
+        lines.append(f"| {r['method']} | {r['seeds']} | {_cell(r['in_domain'])} | {_cell(r['out_of_domain'])} | "
+                     f"{_cell(r['drift'], signed=True)} | {phi} | {tokens} | {_cell(r['train_seconds'], 0)} |"
+                     + (f" {r['note']}" if r["note"] else ""))
+    return "\n".join(lines)
+
+
+def write_report(out: Path, settings: dict, runs: dict) -> dict:
+    report = out / "report"
+    report.mkdir(exist_ok=True)
+    rows = collect_rows(out, settings, runs)
+    table = format_results(rows, settings)
+    (report / "results.md").write_text(table + "\n")
+    (report / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    with (report / "results.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        keys = ["in_domain", "out_of_domain", "drift", "train_tokens", "train_seconds"]
+        writer.writerow(["method", "seeds", *[f"{k}_{s}" for k in keys for s in ("mean", "std")], "train_phi_mean",
+                         "note"])
+        for r in rows:
+            writer.writerow([r["method"], r["seeds"], *[("" if v is None else v) for k in keys for v in r[k]],
+                             "" if r["train_phi_mean"] is None else r["train_phi_mean"], r["note"]])
+    _plot_accuracy(rows, report / "accuracy.png")
+    _plot_phi(out, report / "phi_hist.png")
+    _plot_curves(out, runs, report / "training_curves.png")
+    _write_html(report, table, settings)
+    return {"rows": len(rows)}
+
+
+def _plot_accuracy(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(6, len(rows) + 2), 4), dpi=120)
+    for offset, key, color in ((-0.2, "in_domain", "#1f77b4"), (0.2, "out_of_domain", "#ff7f0e")):
+        means = [r[key][0] if r[key][0] is not None else np.nan for r in rows]
+        stds = [r[key][1] or 0 for r in rows]
+        ax.bar(x + offset, means, 0.4, yerr=stds, capsize=3, color=color, label=key.replace("_", "-"))
+    ax.set_xticks(x, [r["method"] for r in rows], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("accuracy (mean ± std over seeds)")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _phi_values(path: Path) -> list[float]:
+    return [json.loads(line)["phi_mean"] for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _plot_phi(out, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    raw = _phi_values(out / "score" / "raw" / "scored.jsonl")
+    realigned = _phi_values(out / "score" / "realigned" / "scored.jsonl")
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    bins = np.linspace(min(raw + realigned + [-1.0]), max(raw + realigned + [0.2]), 30)
+    ax.hist(raw, bins=bins, alpha=0.6, color="#d62728", label=f"reference solutions (n={len(raw)})")
+    if realigned:
+        ax.hist(realigned, bins=bins, alpha=0.6, color="#2ca02c", label=f"hinted-decoding rewrites (n={len(realigned)})")
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlabel("phi_mean under the base model (0 = its own distribution)")
+    ax.set_ylabel("examples")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _plot_curves(out, runs, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    for name, run in runs.items():
+        summary = _read(out / "runs" / name / "train_summary.json")
+        if "skipped" in run or not summary:
+            continue
+        key = "nll" if any("nll" in h for h in summary["log_history"]) else "loss"
+        points = [(h["step"], h[key]) for h in summary["log_history"] if key in h and "step" in h]
+        if points:
+            ax.plot(*zip(*points), label=f"{name} ({'nll' if key == 'nll' else 'own loss'})", linewidth=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training nll (SFT family) / loss (DPO, SimPO)")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _write_html(report: Path, table: str, settings: dict) -> None:
+    rows = [line for line in table.splitlines() if line.startswith("|") and not line.startswith("|---")]
+    cells = "".join("<tr>" + "".join(f"<{'th' if i == 0 else 'td'}>{html.escape(c.strip())}</{'th' if i == 0 else 'td'}>"
+                                     for c in row.strip("|").split("|")) + "</tr>"
+                    for i, row in enumerate(rows))
+    header = "<br>".join(html.escape(line) for line in table.splitlines()[:2])
+    page = f"""<!doctype html><meta charset="utf-8"><title>opsft lab</title>
+<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}img{{max-width:100%}}</style>
+<h1>opsft lab ({html.escape(settings['profile'])})</h1><p>{header}</p><table>{cells}</table>
+<h2>Accuracy</h2><img src="accuracy.png"><h2>Training data: phi_mean before and after re-alignment</h2>
+<img src="phi_hist.png"><h2>Training curves</h2><img src="training_curves.png">
+<h2>Settings</h2><pre>{html.escape(json.dumps(settings, indent=2))}</pre>"""
+    (report / "index.html").write_text(page)

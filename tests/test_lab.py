@@ -1,0 +1,84 @@
+"""`opsft lab --profile tiny`: every stage produces its outputs; an interrupted lab continues where it stopped."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from opsft.cli import main
+from opsft.lab import METHODS, running_sums
+
+
+def test_running_sums_rationale():
+    assert running_sums("42 - 25 - 73") == "42 - 25 = 17\n17 - 73 = -56\n#### -56"
+    assert running_sums("5 + 7") == "5 + 7 = 12\n#### 12"
+
+
+def lab(out, *extra):
+    return main(["lab", "--profile", "tiny", "--out", str(out), "--no-progress", *extra])
+
+
+@pytest.fixture(scope="module")
+def tiny_lab(tmp_path_factory):
+    out = tmp_path_factory.mktemp("lab")
+    assert lab(out) == 0
+    return out
+
+
+def test_every_stage_produces_its_outputs(tiny_lab, capsys):
+    out = tiny_lab
+    for stage in ("1-data", "2-base", "3-score", "4-realign", "5-train", "6-eval", "7-report"):
+        assert (out / "stages" / f"{stage}.json").exists(), stage
+    assert (out / "data" / "train.jsonl").exists() and (out / "data" / "suite.yaml").exists()
+    assert (out / "eval" / "base" / "eval_summary.json").exists()
+    assert (out / "score" / "raw" / "summary.json").exists() and (out / "realign" / "summary.json").exists()
+    runs = json.loads((out / "stages" / "5-train.json").read_text())["runs"]
+    assert set(runs) == {f"{m}-seed0" for m in METHODS}
+    budgets = {name: r["train_tokens"] for name, r in runs.items()}
+    for name, run in runs.items():
+        assert (out / "runs" / name / "final").is_dir() and (out / "runs" / name / "eval" / "eval_summary.json").exists()
+        # the same budget for every method, up to one step's worth of tokens
+        assert abs(run["train_tokens"] - 3000) <= 0.5 * 4 * run["tokens_per_example"], name
+    for picture in ("accuracy.png", "phi_hist.png", "training_curves.png"):
+        assert (out / "report" / picture).read_bytes()[:4] == b"\x89PNG"
+    table = (out / "report" / "results.md").read_text()
+    assert all(f"| {m} | 1 |" in table for m in METHODS) and "| base (no training) |" in table
+    assert "<table>" in (out / "report" / "index.html").read_text()
+    assert len(set(budgets.values())) > 1  # tokens per example differ, so the step counts do too
+
+
+def test_rerun_reuses_every_stage(tiny_lab, capsys):
+    assert lab(tiny_lab) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("done earlier, reused") == 7 and "| sft | 1 |" in printed
+
+
+@pytest.mark.parametrize("target, stage", [("opsft.train_run.run_train", "5/7 train"),
+                                           ("opsft.eval_run.run_eval", "6/7 eval")])
+def test_killed_lab_continues_from_the_interrupted_stage(tmp_path, monkeypatch, capsys, target, stage):
+    import importlib
+
+    module_name, function = target.rsplit(".", 1)
+    module = importlib.import_module(module_name)
+    real, calls = getattr(module, function), []
+
+    def dies_on_the_third_call(config, **kwargs):
+        calls.append(config)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(config, **kwargs)
+
+    monkeypatch.setattr(module, function, dies_on_the_third_call)
+    assert lab(tmp_path) == 130  # interrupted
+    monkeypatch.setattr(module, function, lambda config, **kwargs: (calls.append(config), real(config, **kwargs))[1])
+    before = len(calls)
+    capsys.readouterr()
+    assert lab(tmp_path) == 0
+    printed = capsys.readouterr().out
+    assert f"[lab] stage {stage} ..." in printed
+    for earlier in range(1, int(stage[0])):
+        assert f"[lab] stage {earlier}/7" in printed and "done earlier, reused" in printed
+    if function == "run_train":  # the two finished trainings are not redone
+        assert len(calls) - before == len(METHODS) - 2
+    assert (tmp_path / "report" / "results.md").exists()
