@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (config_cls, _, help_text) in COMMANDS.items():
+        help_text = help_text.replace("%", "%%")  # argparse formats help with %
         command = sub.add_parser(name, help=help_text, description=help_text)
         command.add_argument("--config", help="YAML file of options (flags given here override it)")
         _add_dataclass_arguments(command, config_cls)
@@ -70,7 +71,7 @@ def _add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
         many = typing.get_origin(kind) is list
         kind = typing.get_args(kind)[0] if many else kind
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        help_text = f.metadata.get("help", "") + ("" if required else f" (default: {f.default})")
+        help_text = (f.metadata.get("help", "") + ("" if required else f" (default: {f.default})")).replace("%", "%%")
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                 help=help_text)

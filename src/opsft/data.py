@@ -75,14 +75,8 @@ def load_examples(
         records = _read_records(source)
 
     loaded = LoadedData(source=source, shape="", examples=[])
-    for index, (row_number, record) in enumerate(records):
-        if limit is not None and index >= limit:
-            break
+    for index, row_number, record in _rows(records, source, limit, loaded.skipped if skip_invalid else None):
         try:
-            if isinstance(record, _Raising):
-                raise record.error
-            if not isinstance(record, dict):
-                raise DataError("is not an object", source=source, row=row_number, reason="not_an_object")
             if not loaded.shape:
                 loaded.shape = _detect_shape(record, source, prompt_field, messages_field)
             prompt, completion = _prompt_and_completion(
@@ -141,6 +135,23 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
             except json.JSONDecodeError as e:
                 yield line_number, _Raising(DataError(f"malformed JSON ({e.msg} at column {e.colno})",
                                                       source=str(path), row=line_number, reason="malformed_json"))
+
+
+def _rows(records, source: str, limit: int | None, skipped: list | None) -> Iterator[tuple[int, int, dict]]:
+    """(index, row number, record) of the first `limit` records that are JSON objects; a malformed or
+    non-object row raises its DataError, or with `skipped` (skip_invalid) is counted there."""
+    for index, (row_number, record) in enumerate(records):
+        if limit is not None and index >= limit:
+            break
+        error = record.error if isinstance(record, _Raising) else None
+        if error is None and not isinstance(record, dict):
+            error = DataError("is not an object", source=source, row=row_number, reason="not_an_object")
+        if error is None:
+            yield index, row_number, record
+        elif skipped is None:
+            raise error
+        else:
+            skipped.append(error)
 
 
 class _Raising:
@@ -293,14 +304,8 @@ def load_preferences(source: str, *, limit: int | None = None, skip_invalid: boo
     """Rows of TRL's preference shape {prompt, chosen, rejected} (all text, or a message-list prompt with
     assistant-message answers), checked row by row like `load_examples`."""
     rows, skipped = [], []
-    for index, (row_number, record) in enumerate(_read_records(source)):
-        if limit is not None and index >= limit:
-            break
+    for _, row_number, record in _rows(_read_records(source), source, limit, skipped if skip_invalid else None):
         try:
-            if isinstance(record, _Raising):
-                raise record.error
-            if not isinstance(record, dict):
-                raise DataError("is not an object", source=source, row=row_number, reason="not_an_object")
             prompt = _require(record, "prompt", source, row_number)
             answers = {name: _require(record, name, source, row_number) for name in ("chosen", "rejected")}
             if isinstance(prompt, str):

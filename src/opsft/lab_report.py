@@ -132,25 +132,10 @@ def _phi_values(path: Path) -> list[float]:
 
 
 def _plot_phi(out, path):
-    import matplotlib
+    from .report import plot_before_after
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    raw = _phi_values(out / "score" / "raw" / "scored.jsonl")
-    realigned = _phi_values(out / "score" / "realigned" / "scored.jsonl")
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
-    bins = np.linspace(min(raw + realigned + [-1.0]), max(raw + realigned + [0.2]), 30)
-    ax.hist(raw, bins=bins, alpha=0.6, color="#d62728", label=f"reference solutions (n={len(raw)})")
-    if realigned:
-        ax.hist(realigned, bins=bins, alpha=0.6, color="#2ca02c", label=f"hinted-decoding rewrites (n={len(realigned)})")
-    ax.axvline(0, color="black", linewidth=0.8)
-    ax.set_xlabel("phi_mean under the base model (0 = its own distribution)")
-    ax.set_ylabel("examples")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    plot_before_after(_phi_values(out / "score" / "raw" / "scored.jsonl"),
+                      _phi_values(out / "score" / "realigned" / "scored.jsonl"), path)
 
 
 def _plot_curves(out, runs, path):

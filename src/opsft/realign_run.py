@@ -31,6 +31,7 @@ from .generation import decoded_text, eos_token_ids
 from .hinted import LAMBDA_MODES, HintedDecodingConfig, hinted_decode
 from .jobs import option, prepare
 from .rendering import fingerprint, prompt_ids, tokenize_example
+from .report import plot_before_after
 from .resumable import ResultLog, read_records
 from .scoring import score_token_ids
 
@@ -314,7 +315,7 @@ def _write_outputs(out, config, data, examples, records, skipped, marker, throug
         "throughput": throughput,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    _plot(before, after, out / "phi_before_after.png")
+    plot_before_after(before, after, out / "phi_before_after.png")
     print(f"\nopsft realign ({out}): kept {len(kept)} of {len(records)} "
           f"({100 * summary['kept_fraction']:.0f}%); dropped {summary['dropped'] or 'none'}; "
           f"phi_mean original {summary['phi_mean_original']['mean']:+.3f} -> rewrite "
@@ -329,22 +330,3 @@ def _stats(values: list[float]) -> dict:
     v = np.asarray(values)
     return {"n": len(v), "mean": float(v.mean()), "median": float(np.median(v)),
             "sem": float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")}
-
-
-def _plot(before, after, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
-    bins = np.linspace(min(before + after + [-1.0]), max(before + after + [0.2]), 30)
-    ax.hist(before, bins=bins, alpha=0.6, label=f"original solutions (n={len(before)})", color="#d62728")
-    ax.hist(after, bins=bins, alpha=0.6, label=f"hinted-decoding rewrites (n={len(after)})", color="#2ca02c")
-    ax.axvline(0, color="black", linewidth=0.8)
-    ax.set_xlabel("phi_mean under the plain prompt (0 = the model's own distribution)")
-    ax.set_ylabel("examples")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)

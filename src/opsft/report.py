@@ -109,6 +109,27 @@ def plot_histogram(scored: list[dict], summary: dict[str, Any], path: str | Path
     plt.close(fig)
 
 
+def plot_before_after(before: list[float], after: list[float], path: str | Path) -> None:
+    """Histograms of phi_mean: the original solutions against their Hinted Decoding rewrites."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    bins = np.linspace(min(before + after + [-1.0]), max(before + after + [0.2]), 30)
+    ax.hist(before, bins=bins, alpha=0.6, label=f"original solutions (n={len(before)})", color="#d62728")
+    if after:
+        ax.hist(after, bins=bins, alpha=0.6, label=f"hinted-decoding rewrites (n={len(after)})", color="#2ca02c")
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlabel("phi_mean under the plain prompt (0 = the model's own distribution)")
+    ax.set_ylabel("examples")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def worst_examples_html(items: list[dict], summary: dict[str, Any], path: str | Path) -> None:
     """An HTML page: the given examples (each with prompt_text, tokens, token_phi, phi_mean, index),
     completion tokens coloured by phi (red: below the model's own expectation, green: above)."""
