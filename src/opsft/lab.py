@@ -38,7 +38,8 @@ METHODS = {  # method -> (loss, training data)
 }
 STAGES = ("data", "base", "score", "realign", "train", "eval", "report")
 
-CHAIN = "min_terms={t}&max_terms={t}&min_digits=1&max_digits=2"
+CHAIN = "min_terms={t}&max_terms={t}&min_digits=1&max_digits=1"
+LETTERS = "min_words=3&max_words=5"
 PROFILES = {
     "tiny": dict(
         model="tiny", train_data=f"gym:chain_sum?size=24&seed=0&{CHAIN.format(t=3)}",
@@ -51,7 +52,8 @@ PROFILES = {
     "quick": dict(
         model="smollm2-135m", train_data=f"gym:chain_sum?size=64&seed=0&{CHAIN.format(t=3)}",
         in_domain={"chain_sum": f"gym:chain_sum?size=48&seed=1001&{CHAIN.format(t=3)}"},
-        out_of_domain={"two_terms": f"gym:chain_sum?size=48&seed=1002&{CHAIN.format(t=2)}"},
+        out_of_domain={"two_terms": f"gym:chain_sum?size=48&seed=1002&{CHAIN.format(t=2)}",
+                       "letter_counting": f"gym:letter_counting?size=48&seed=1004&{LETTERS}"},
         drift_data=f"gym:chain_sum?size=16&seed=1003&{CHAIN.format(t=3)}",
         methods=["sft", "idft", "sft_realigned"], seeds=[0], token_budget=12000, batch_size=8, lora=True,
         learning_rate=None, eval_max_new_tokens=48, realign_max_new_tokens=64, drift_max_new_tokens=48, prefs_k=4,
@@ -59,7 +61,8 @@ PROFILES = {
     "full": dict(
         model="smollm2-135m", train_data=f"gym:chain_sum?size=400&seed=0&{CHAIN.format(t=3)}",
         in_domain={"chain_sum": f"gym:chain_sum?size=200&seed=1001&{CHAIN.format(t=3)}"},
-        out_of_domain={"two_terms": f"gym:chain_sum?size=200&seed=1002&{CHAIN.format(t=2)}"},
+        out_of_domain={"two_terms": f"gym:chain_sum?size=200&seed=1002&{CHAIN.format(t=2)}",
+                       "letter_counting": f"gym:letter_counting?size=200&seed=1004&{LETTERS}"},
         drift_data=f"gym:chain_sum?size=64&seed=1003&{CHAIN.format(t=3)}",
         methods=list(METHODS), seeds=[0, 1, 2], token_budget=60000, batch_size=8, lora=True,
         learning_rate=None, eval_max_new_tokens=48, realign_max_new_tokens=64, drift_max_new_tokens=48, prefs_k=4,
