@@ -54,22 +54,24 @@ def test_rerun_reuses_every_stage(tiny_lab, capsys):
     assert printed.count("done earlier, reused") == 7 and "| sft | 1 |" in printed
 
 
-@pytest.mark.parametrize("target, stage", [("opsft.train_run.run_train", "5/7 train"),
-                                           ("opsft.eval_run.run_eval", "6/7 eval")])
-def test_killed_lab_continues_from_the_interrupted_stage(tmp_path, monkeypatch, capsys, target, stage):
+@pytest.mark.parametrize("target, dies_at, stage", [
+    ("opsft.eval_run.run_eval", 1, "2/7 base"), ("opsft.score_run.run_score", 1, "3/7 score"),
+    ("opsft.realign_run.run_realign", 1, "4/7 realign"), ("opsft.train_run.run_train", 3, "5/7 train"),
+    ("opsft.eval_run.run_eval", 3, "6/7 eval")])
+def test_killed_lab_continues_from_the_interrupted_stage(tmp_path, monkeypatch, capsys, target, dies_at, stage):
     import importlib
 
     module_name, function = target.rsplit(".", 1)
     module = importlib.import_module(module_name)
     real, calls = getattr(module, function), []
 
-    def dies_on_the_third_call(config, **kwargs):
+    def dies(config, **kwargs):
         calls.append(config)
-        if len(calls) == 3:
+        if len(calls) == dies_at:
             raise KeyboardInterrupt
         return real(config, **kwargs)
 
-    monkeypatch.setattr(module, function, dies_on_the_third_call)
+    monkeypatch.setattr(module, function, dies)
     assert lab(tmp_path) == 130  # interrupted
     monkeypatch.setattr(module, function, lambda config, **kwargs: (calls.append(config), real(config, **kwargs))[1])
     before = len(calls)
