@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from .answers import answer_matches, final_answer
 from .data import Example
 from .generation import SamplingConfig, decoded_text, eos_token_ids, row_seed, sample
+from .rendering import text_of
 from .resumable import ResultLog
 
 Z95 = 1.959963984540054  # the two-sided 95 % normal quantile
@@ -79,8 +80,7 @@ def accuracy_summary(correct: Sequence[Sequence[bool]]) -> dict:
 
 
 def completion_text(example: Example) -> str:
-    part = example.completion
-    return part if isinstance(part, str) else "".join(m["content"] for m in part)
+    return text_of(example.completion)
 
 
 def reference_answer(example: Example) -> str:

@@ -21,7 +21,7 @@ import numpy as np
 from .data import load_preferences
 from .errors import OpsftError
 from .models import load_model
-from .rendering import render_plain, prompt_format
+from .rendering import prompt_format, render_plain, text_of
 from .train_run import TrainConfig, check_training_options, lora_config, train_and_save, trainer_arguments
 
 DEFAULT_LEARNING_RATE = (5e-6, 5e-7)  # (with LoRA, full fine-tuning)
@@ -60,22 +60,18 @@ def run_preference_train(config: TrainConfig, *, callbacks=None) -> dict:
                           tokens_per_example=mean_tokens)
 
 
-def _text(part) -> str:
-    return part if isinstance(part, str) else "".join(m["content"] for m in part)
-
-
 def _as_plain(row: dict) -> dict:
     if isinstance(row["prompt"], str):
         return row
-    return {"prompt": render_plain(row["prompt"], generation_prompt=True), "chosen": _text(row["chosen"]),
-            "rejected": _text(row["rejected"])}
+    return {"prompt": render_plain(row["prompt"], generation_prompt=True), "chosen": text_of(row["chosen"]),
+            "rejected": text_of(row["rejected"])}
 
 
 def _token_counts(rows: list[dict], tokenizer, max_length: int) -> tuple[float, int]:
     """Mean tokens a pair costs (prompt twice, chosen, rejected; counted on the text, without the chat
     template), and how many pairs have a prompt + answer over max_length (TRL truncates them)."""
     def count(part) -> int:
-        return len(tokenizer(text=_text(part), add_special_tokens=False)["input_ids"])
+        return len(tokenizer(text=text_of(part), add_special_tokens=False)["input_ids"])
 
     sizes = [(count(r["prompt"]), count(r["chosen"]), count(r["rejected"])) for r in rows]
     return (float(np.mean([2 * p + c + r for p, c, r in sizes])),

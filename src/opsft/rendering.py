@@ -34,6 +34,11 @@ def prompt_format(tokenizer) -> str:
     return "chat" if getattr(tokenizer, "chat_template", None) else "plain"
 
 
+def text_of(part: str | Messages) -> str:
+    """The text of a prompt or completion: the string itself, or its messages' contents joined."""
+    return part if isinstance(part, str) else "".join(m["content"] for m in part)
+
+
 def render_plain(messages: Messages, *, generation_prompt: bool) -> str:
     """The plain format: 'User: <content>\\n' per message, then 'Assistant:\\n' to start the reply."""
     text = "".join(f"{PLAIN_ROLE_NAMES.get(m['role'], m['role'].title())}: {m['content']}\n" for m in messages)
@@ -44,8 +49,7 @@ def to_trl_record(prompt: str | Messages, completion: str | Messages, tokenizer)
     """The {'prompt', 'completion'} record to hand TRL: message lists stay message lists under a
     chat template and become plain text without one."""
     if isinstance(prompt, list) and prompt_format(tokenizer) == "plain":
-        completion_text = "".join(m["content"] for m in completion) if isinstance(completion, list) else completion
-        return {"prompt": render_plain(prompt, generation_prompt=True), "completion": completion_text}
+        return {"prompt": render_plain(prompt, generation_prompt=True), "completion": text_of(completion)}
     return {"prompt": prompt, "completion": completion}
 
 
