@@ -1,5 +1,6 @@
-"""Hinted Decoding throughput: the batched, KV-cached decoder against (a) the slow reference and
-(b) `model.generate` of the plain stream alone, on the same 16 gsm_symbolic problems.
+"""Decoding throughput: Hinted Decoding against (a) the slow reference and (b) `model.generate` of the
+plain stream alone, and plain sampling (`opsft.generation.sample`, what eval, prefs and drift use)
+against `model.generate`, on the same 16 gsm_symbolic problems.
 
 Generated tokens per second of the shared continuation, greedy, every row writing exactly
 --new-tokens tokens (no EOS, repetition or answer stop) so that all three do the same work.
@@ -48,6 +49,7 @@ def main() -> None:
 
     from reference_hinted import reference_decode
 
+    from opsft.generation import SamplingConfig, sample
     from opsft.hinted import HintedDecodingConfig, hinted_decode
 
     config = HintedDecodingConfig(temperature=0.0, max_new_tokens=args.new_tokens, answer_marker=None,
@@ -76,6 +78,11 @@ def main() -> None:
                                        min_new_tokens=args.new_tokens, pad_token_id=tokenizer.pad_token_id or 0)
         generate_rate = (generated.shape[1] - width) * len(plain) / (time.perf_counter() - started)
 
+        started = time.perf_counter()
+        plain_ours = sample(model, plain, SamplingConfig(max_new_tokens=args.new_tokens), eos_token_ids=set(),
+                            pad_token_id=tokenizer.pad_token_id or 0)
+        sample_rate = sum(len(r.tokens) for r in plain_ours) / (time.perf_counter() - started)
+
         n = len(hinted) * args.new_tokens
         print(f"| {name} | opsft hinted_decode (batch 16, 2 streams) | {n} | {n / ours_rate:.1f} s | {ours_rate:.1f} |")
         print(f"| {name} | slow reference (1 example, no cache) | {k * args.new_tokens} | "
@@ -84,6 +91,8 @@ def main() -> None:
               f"{generate_rate:.1f} |")
         print(f"| {name} | **opsft / reference** | | | **{ours_rate / reference_rate:.1f}x** |")
         print(f"| {name} | **opsft / generate** | | | **{ours_rate / generate_rate:.2f}x** |")
+        print(f"| {name} | opsft sample, plain stream (batch 16) | {n} | {n / sample_rate:.1f} s | {sample_rate:.1f} |")
+        print(f"| {name} | **opsft sample / generate** | | | **{sample_rate / generate_rate:.2f}x** |")
 
 
 if __name__ == "__main__":
