@@ -32,12 +32,12 @@ import yaml
 
 from .data import LoadedData, load_examples
 from .drift import drift_of, sample_base
-from .errors import DataError, OpsftError
+from .errors import OpsftError
 from .evaluation import accuracy_summary, sample_and_check
 from .generation import SamplingConfig
 from .jobs import option
 from .models import adapter_base, load_model
-from .rendering import prompt_ids, use_prompt_format
+from .rendering import fitting_prompts, prompt_ids, use_prompt_format
 from .resumable import ResultLog
 
 GROUPS = ("in_domain", "out_of_domain")
@@ -222,19 +222,8 @@ def _load_set(s: EvalSet, config: EvalConfig) -> LoadedData:
 
 
 def _prompts(examples, tokenizer, budget: int, config: EvalConfig, source: str, skipped: list):
-    prompts = {}
-    for e in examples:
-        ids = prompt_ids(e.prompt, tokenizer)
-        if len(ids) + budget > config.max_length:
-            error = DataError(f"prompt of {len(ids)} tokens + {budget} new tokens exceeds --max-length "
-                              f"{config.max_length}", source=source, row=e.index + 1, field="prompt",
-                              reason="prompt_too_long")
-            if not config.skip_invalid:
-                raise error
-            skipped.append(error)
-            continue
-        prompts[e.index] = ids
-    return prompts
+    return fitting_prompts(examples, lambda e: prompt_ids(e.prompt, tokenizer), budget, config.max_length,
+                           source=source, skip_invalid=config.skip_invalid, skipped=skipped)
 
 
 def _evaluate_set(s: EvalSet, data: LoadedData, model, tokenizer, config: EvalConfig, out: Path,

@@ -91,6 +91,11 @@ def generators_for(seeds: list[int] | None, device, fallback_seed: int = 0):
     return [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
 
 
+def rows_of(generator, active: list[int]):
+    """The generators of the active rows (per-row generators), or the one shared generator (or None)."""
+    return [generator[i] for i in active] if isinstance(generator, list) else generator
+
+
 def left_padded(prompts: list[list[int]], pad_token_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(p) for p in prompts)
     input_ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
@@ -166,8 +171,7 @@ def sample(model, prompts: list[list[int]], config: SamplingConfig, *, eos_token
     generator = generators_for(seeds, device) if config.temperature > 0 else None
 
     def choose(step, log_p, active):
-        rows = [generator[i] for i in active] if isinstance(generator, list) else generator
-        return sample_token(log_p, config.temperature, config.top_p, rows)
+        return sample_token(log_p, config.temperature, config.top_p, rows_of(generator, active))
 
     return decode_rows(model, prefill(model, prompts, pad_token_id, device), len(prompts), 1, choose,
                        max_new_tokens=config.max_new_tokens, eos_token_ids=eos_token_ids,

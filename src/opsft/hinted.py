@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .generation import Decoded, decode_rows, generators_for, prefill, sample_token
+from .generation import Decoded, decode_rows, generators_for, prefill, rows_of, sample_token
 
 LAMBDA_MODES = ("linear", "sigmoid", "piecewise")
 
@@ -97,9 +97,8 @@ def hinted_decode(model, hinted_prompts: list[list[int]], plain_prompts: list[li
             lam = torch.zeros_like(lam)
         for i, value in zip(active, lam.tolist()):
             lambdas[i].append(value)
-        rows = [generator[i] for i in active] if isinstance(generator, list) else generator
         return sample_token(mixture_logprobs(log_p_hinted, log_p_plain, lam), config.temperature, config.top_p,
-                            rows)
+                            rows_of(generator, active))
 
     def after_token(step, i, result):
         if (config.answer_marker and i not in handed_over

@@ -224,7 +224,12 @@ class Lab:
                 self.prefs()
             if json.loads((self.out / "prefs" / "summary.json").read_text())["pairs"]:
                 sets["prefs"] = (str(self.out / "prefs" / "prefs.jsonl"), (None, None))
-        return {kind: (path, fields, _tokens_per_example(path, fields, kind, self.model)) for kind, (path, fields)
+        from transformers import AutoTokenizer
+
+        from .models import resolve_model
+
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model(self.model))
+        return {kind: (path, fields, _tokens_per_example(path, fields, kind, tokenizer)) for kind, (path, fields)
                 in sets.items()}
 
     def train_all(self) -> dict:
@@ -311,16 +316,12 @@ def running_sums(expression: str) -> str:
     return "\n".join(lines + [f"#### {total}"])
 
 
-def _tokens_per_example(path: str, fields, kind: str, model: str) -> float:
+def _tokens_per_example(path: str, fields, kind: str, tokenizer) -> float:
     """Mean training tokens per example (prompt + completion) or per pair (prompt + chosen, prompt + rejected),
     tokenized as training renders them (chat template, EOS)."""
-    from transformers import AutoTokenizer
-
     from .data import load_examples, load_preferences
-    from .models import resolve_model
     from .rendering import tokenize_dataset
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))
     if kind == "prefs":
         from .rendering import tokenize_example
 

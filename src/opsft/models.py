@@ -83,8 +83,8 @@ def load_model(name: str, *, adapter: str | None = None, device: str | torch.dev
     (its base is read from adapter_config.json), or the base as `name` and the adapter as `adapter`
     (the adapter must have been trained on that base). The adapter's tokenizer is used if it saved one.
     """
-    if adapter is None and adapter_base(name) is not None:
-        name, adapter = adapter_base(name), name
+    if adapter is None and (base := adapter_base(name)) is not None:
+        name, adapter = base, name
     if adapter is not None:
         base = adapter_base(adapter)
         if base is None:

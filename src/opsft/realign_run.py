@@ -25,12 +25,12 @@ from tqdm.auto import tqdm
 
 from .answers import answer_matches
 from .data import Example
-from .errors import DataError, OpsftError
+from .errors import OpsftError
 from .evaluation import completion_text, reference_answer
 from .generation import decoded_text, eos_token_ids
 from .hinted import LAMBDA_MODES, HintedDecodingConfig, hinted_decode
 from .jobs import option, prepare
-from .rendering import fingerprint, prompt_ids, tokenize_example
+from .rendering import fingerprint, fitting_prompts, prompt_ids, tokenize_example
 from .report import plot_before_after
 from .resumable import ResultLog, read_records
 from .scoring import score_token_ids
@@ -133,19 +133,11 @@ def run_realign(config: RealignConfig) -> dict:
     tokenized, skipped = prepared.tokenized, prepared.skipped
     by_index = {e.index: e for e in data.examples}
     examples = [by_index[t.index] for t in tokenized]
-    prompts = {}
-    for e in examples:
-        hinted, plain = prompt_ids(hinted_prompt(e, config.hint_template), tokenizer), prompt_ids(e.prompt, tokenizer)
-        budget = config.max_new_tokens + (config.analysis_max_tokens if config.analysis else 0)
-        if len(hinted) + budget > config.max_length:
-            error = DataError(f"hinted prompt of {len(hinted)} tokens + {budget} new tokens exceeds --max-length "
-                              f"{config.max_length}", source=config.data, row=e.index + 1,
-                              field="prompt", reason="prompt_too_long")
-            if not config.skip_invalid:
-                raise error
-            skipped.append(error)
-            continue
-        prompts[e.index] = (hinted, plain)
+    budget = config.max_new_tokens + (config.analysis_max_tokens if config.analysis else 0)
+    hinted = fitting_prompts(examples, lambda e: prompt_ids(hinted_prompt(e, config.hint_template), tokenizer), budget,
+                             config.max_length, source=config.data, skip_invalid=config.skip_invalid,
+                             skipped=skipped, what="hinted prompt")
+    prompts = {i: (ids, prompt_ids(by_index[i].prompt, tokenizer)) for i, ids in hinted.items()}
     examples = [e for e in examples if e.index in prompts]
     if not examples:
         raise OpsftError(f"{config.data}: no example left to realign ({len(skipped)} skipped)")

@@ -114,6 +114,24 @@ def tokenize_dataset(examples: Sequence[Example], tokenizer, *, max_length: int 
     return tokenized, skipped
 
 
+def fitting_prompts(examples: Sequence[Example], render, budget: int, max_length: int, *, source: str,
+                    skip_invalid: bool, skipped: list[DataError], what: str = "prompt") -> dict[int, list[int]]:
+    """{index: render(example)} for the examples whose rendered prompt leaves `budget` new tokens under
+    max_length; any other is an error, or with skip_invalid counted in `skipped`."""
+    prompts = {}
+    for example in examples:
+        ids = render(example)
+        if len(ids) + budget > max_length:
+            error = DataError(f"{what} of {len(ids)} tokens + {budget} new tokens exceeds --max-length {max_length}",
+                              source=source, row=example.index + 1, field="prompt", reason="prompt_too_long")
+            if not skip_invalid:
+                raise error
+            skipped.append(error)
+            continue
+        prompts[example.index] = ids
+    return prompts
+
+
 def fingerprint(tokenized: Sequence[TokenizedExample]) -> str:
     """sha256 of the tokenized inputs: another dataset, tokenizer, template or --max-length changes it."""
     digest = hashlib.sha256()
