@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
+import datasets
 import pytest
 
 from opsft.cli import main
+from opsft.data import load_preferences
+from opsft.preference_training import fit_pairs
 from opsft.prefs_run import make_pairs
 
 ROWS = [{"question": f"What is {a} + {b}?", "answer": str(a + b)} for a in range(4) for b in range(3)]
@@ -93,6 +97,57 @@ def test_bad_preference_rows_name_the_row(tmp_path, tiny_model_dir, capsys):
     assert main(["train", "--model", str(tiny_model_dir), "--data", str(data), "--loss", "dpo", "--max-steps", "1",
                  "--output-dir", str(tmp_path / "o"), "--no-progress"]) == 2
     assert "p.jsonl: row 2: field 'rejected': is missing" in capsys.readouterr().err
+
+
+def test_pair_token_counts_are_the_tokens_trls_dpo_trainer_trains_on(tmp_path, tokenizer, tiny_model):
+    from trl import DPOConfig, DPOTrainer
+
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in (
+        {"prompt": [{"role": "user", "content": "What is 2 + 3?"}],
+         "chosen": [{"role": "assistant", "content": "2 + 3 = 5. #### 5"}],
+         "rejected": [{"role": "assistant", "content": "6"}]},
+        {"prompt": [{"role": "user", "content": "Solve the problem step by step: 17 + 25"}],
+         "chosen": [{"role": "assistant", "content": "First add 17 and 25. The answer is 42."}],
+         "rejected": [{"role": "assistant", "content": "The answer is 41, then check the sum."}]})))
+    rows, _ = load_preferences(str(path))
+    kept, mean_tokens, truncated = fit_pairs(rows, tokenizer, max_length=38, source=str(path))
+    trainer = DPOTrainer(model=tiny_model, ref_model=copy.deepcopy(tiny_model), processing_class=tokenizer,
+                         args=DPOConfig(output_dir=str(tmp_path / "o"), report_to="none", max_length=None, bf16=False, use_cpu=True),
+                         train_dataset=datasets.Dataset.from_list(
+                             [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows]))
+    trl_tokens = [2 * len(t["prompt_ids"]) + len(t["chosen_ids"]) + len(t["rejected_ids"])
+                  for t in trainer.train_dataset]
+    assert kept == rows and mean_tokens == sum(trl_tokens) / 2
+    assert truncated == sum(max(len(t["chosen_ids"]), len(t["rejected_ids"])) + len(t["prompt_ids"]) > 38
+                            for t in trainer.train_dataset) == 1
+
+
+def test_a_pair_whose_prompt_fills_max_length_is_an_error_or_counted(tmp_path, tiny_model_dir, capsys):
+    data = tmp_path / "p.jsonl"
+    data.write_text(json.dumps({"prompt": "2 + 3 =", "chosen": "5", "rejected": "6"}) + "\n" +
+                    json.dumps({"prompt": "hello world " * 30, "chosen": "5", "rejected": "6"}) + "\n")
+    args = ["train", "--model", str(tiny_model_dir), "--data", str(data), "--loss", "dpo", "--max-steps", "1",
+            "--max-length", "32", "--output-dir", str(tmp_path / "o"), "--no-progress"]
+    assert main(args) == 2
+    assert "p.jsonl: row 2: field 'prompt': is " in capsys.readouterr().err
+    assert main([*args, "--skip-invalid"]) == 0
+    summary = json.loads((tmp_path / "o" / "train_summary.json").read_text())
+    assert summary["examples"] == 1 and summary["skipped"] == {"prompt_too_long": 1}
+
+
+def test_prefs_checks_prompt_length(tmp_path, tiny_model_dir, capsys):
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS[:2] + [{"question": "hello world " * 30,
+                                                                        "answer": "1"}]))
+    args = ["prefs", "--model", str(tiny_model_dir), "--data", str(data), "--prompt-field", "question",
+            "--completion-field", "answer", "--k", "2", "--max-new-tokens", "8", "--max-length", "40",
+            "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 2
+    assert "d.jsonl: row 3: field 'prompt': prompt of " in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "b"), "--skip-invalid"]) == 0
+    summary = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert summary["prompts"] == 2 and summary["skipped_input"] == {"prompt_too_long": 1}
 
 
 def test_prefs_rejects_bad_options(tmp_path, tiny_model_dir, capsys):

@@ -302,7 +302,7 @@ def _messages(value: Any, source: str, row: int, name: str) -> Messages:
 def load_preferences(source: str, *, limit: int | None = None, skip_invalid: bool = False
                      ) -> tuple[list[dict[str, Any]], list[DataError]]:
     """Rows of TRL's preference shape {prompt, chosen, rejected} (all text, or a message-list prompt with
-    assistant-message answers), checked row by row like `load_examples`."""
+    assistant-message answers) plus their 1-based `row` in the source, checked row by row like `load_examples`."""
     rows, skipped = [], []
     for _, row_number, record in _rows(_read_records(source), source, limit, skipped if skip_invalid else None):
         try:
@@ -322,7 +322,7 @@ def load_preferences(source: str, *, limit: int | None = None, skip_invalid: boo
                 raise
             skipped.append(error)
             continue
-        rows.append({"prompt": prompt, **answers})
+        rows.append({"prompt": prompt, **answers, "row": row_number})
     if not rows and not skipped:
         raise OpsftError(f"{source}: no rows")
     return rows, skipped

@@ -323,11 +323,9 @@ def _tokens_per_example(path: str, fields, kind: str, tokenizer) -> float:
     from .rendering import tokenize_dataset
 
     if kind == "prefs":
-        from .rendering import tokenize_example
+        from .preference_training import fit_pairs
 
-        rows, _ = load_preferences(path)
-        return sum(len(tokenize_example(r["prompt"], r[answer], tokenizer)[0]) for r in rows
-                   for answer in ("chosen", "rejected")) / len(rows)
+        return fit_pairs(load_preferences(path)[0], tokenizer, max_length=10 ** 9, source=path)[1]
     examples = load_examples(path, prompt_field=fields[0], completion_field=fields[1]).examples
     tokenized, _ = tokenize_dataset(examples, tokenizer, max_length=10 ** 9)
     return sum(len(t.input_ids) for t in tokenized) / len(tokenized) if tokenized else math.nan

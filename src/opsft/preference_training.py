@@ -14,14 +14,15 @@ fine-tuning and 5e-6 with LoRA (DPO and SimPO are run with far smaller rates tha
 from __future__ import annotations
 
 import copy
+import math
 
 import datasets
 import numpy as np
 
 from .data import load_preferences
-from .errors import OpsftError
+from .errors import DataError, OpsftError
 from .models import load_model
-from .rendering import prompt_format, render_plain, text_of
+from .rendering import prompt_format, render_plain, text_of, tokenize_example
 from .train_run import TrainConfig, check_training_options, lora_config, train_and_save, trainer_arguments
 
 DEFAULT_LEARNING_RATE = (5e-6, 5e-7)  # (with LoRA, full fine-tuning)
@@ -42,6 +43,12 @@ def run_preference_train(config: TrainConfig, *, callbacks=None) -> dict:
 
         hf_logging.disable_progress_bar()
     model, tokenizer = load_model(config.model, device=config.device)
+    rows, mean_tokens, truncated = fit_pairs(rows, tokenizer, config.max_length, source=config.data,
+                                             skip_invalid=config.skip_invalid, skipped=skipped)
+    if not rows:
+        raise OpsftError(f"{config.data}: no preference pair fits --max-length {config.max_length} "
+                         f"({len(skipped)} skipped)")
+    rows = [{k: v for k, v in row.items() if k != "row"} for row in rows]
     if prompt_format(tokenizer) == "plain":  # no chat template: message lists become the plain format
         rows = [_as_plain(row) for row in rows]
     arguments = trainer_arguments(config, model, default_lr=DEFAULT_LEARNING_RATE)
@@ -55,7 +62,6 @@ def run_preference_train(config: TrainConfig, *, callbacks=None) -> dict:
                          simpo_gamma=config.simpo_gamma, remove_unused_columns=False, **arguments)
         trainer = CPOTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(rows),
                              processing_class=tokenizer, peft_config=lora_config(config), callbacks=callbacks)
-    mean_tokens, truncated = _token_counts(rows, tokenizer, config.max_length)
     return train_and_save(trainer, config, tokenizer, examples=len(rows), skipped=skipped, truncated=truncated,
                           tokens_per_example=mean_tokens)
 
@@ -67,12 +73,24 @@ def _as_plain(row: dict) -> dict:
             "rejected": text_of(row["rejected"])}
 
 
-def _token_counts(rows: list[dict], tokenizer, max_length: int) -> tuple[float, int]:
-    """Mean tokens a pair costs (prompt twice, chosen, rejected; counted on the text, without the chat
-    template), and how many pairs have a prompt + answer over max_length (TRL truncates them)."""
-    def count(part) -> int:
-        return len(tokenizer(text=text_of(part), add_special_tokens=False)["input_ids"])
-
-    sizes = [(count(r["prompt"]), count(r["chosen"]), count(r["rejected"])) for r in rows]
-    return (float(np.mean([2 * p + c + r for p, c, r in sizes])),
-            sum(p + max(c, r) > max_length for p, c, r in sizes))
+def fit_pairs(rows: list[dict], tokenizer, max_length: int, *, source: str, skip_invalid: bool = False,
+              skipped: list[DataError] | None = None) -> tuple[list[dict], float, int]:
+    """The pairs as TRL will tokenize them (prompt + chosen, prompt + rejected: chat template or plain
+    format, EOS). Returns (pairs kept, mean training tokens per pair, pairs with a side over max_length,
+    which TRL truncates). A prompt of max_length tokens or more (TRL would drop the pair) is an error, or
+    with skip_invalid counted in `skipped`."""
+    kept, sizes = [], []
+    for row in rows:
+        (chosen, start), (rejected, _) = (tokenize_example(row["prompt"], row[side], tokenizer)
+                                          for side in ("chosen", "rejected"))
+        if start >= max_length:
+            error = DataError(f"is {start} tokens, not shorter than --max-length {max_length}", source=source,
+                              row=row["row"], field="prompt", reason="prompt_too_long")
+            if not skip_invalid:
+                raise error
+            skipped.append(error)
+            continue
+        kept.append(row)
+        sizes.append((len(chosen), len(rejected)))
+    mean = float(np.mean([c + r for c, r in sizes])) if sizes else math.nan
+    return kept, mean, sum(max(c, r) > max_length for c, r in sizes)

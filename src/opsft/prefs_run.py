@@ -26,7 +26,7 @@ from .generation import SamplingConfig
 from .jobs import option
 from .data import load_examples
 from .models import load_model
-from .rendering import prompt_ids, render_plain, use_prompt_format
+from .rendering import fitting_prompts, prompt_ids, render_plain, use_prompt_format
 from .resumable import ResultLog
 
 CHOSEN_RULES = ("sample", "sample_or_reference", "reference")
@@ -49,6 +49,7 @@ class PrefsConfig:
     temperature: float = option(1.0, "sampling temperature (> 0)")
     top_p: float = option(1.0, "nucleus kept before sampling")
     max_new_tokens: int = option(512, "length cap of a sample")
+    max_length: int = option(2048, "token limit of prompt + sample (a longer prompt is an error, or skipped)")
     repeat_window: int = option(0, "stop a sample when a window of this many tokens (0: never) ...")
     repeat_count: int = option(5, "... has occurred this many times")
     chosen: str = option("sample_or_reference", "what is chosen: a correct sample, else the reference "
@@ -91,16 +92,23 @@ def run_prefs(config: PrefsConfig) -> dict:
     model, tokenizer = load_model(config.model, device=config.device)
     rendering = use_prompt_format(tokenizer, config.prompt_format, config.model,
                                   any(isinstance(e.prompt, list) for e in data.examples))
-    prompts = {e.index: prompt_ids(e.prompt, tokenizer) for e in data.examples}
+    skipped = list(data.skipped)
+    prompts = fitting_prompts(data.examples, lambda e: prompt_ids(e.prompt, tokenizer), config.max_new_tokens,
+                              config.max_length, source=config.data, skip_invalid=config.skip_invalid,
+                              skipped=skipped)
+    examples = [e for e in data.examples if e.index in prompts]
+    if not examples:
+        raise OpsftError(f"{config.data}: no prompt left to sample ({len(skipped)} skipped)")
     settings = {k: v for k, v in asdict(config).items()
-                if k not in ("out", "batch_size", "device", "overwrite", "progress", "chosen", "pairs_per_prompt")}
+                if k not in ("out", "batch_size", "device", "overwrite", "progress", "chosen", "pairs_per_prompt",
+                             "max_length")}  # the prompts kept are in the settings
     log = ResultLog(out / "progress.jsonl", {**settings, "prompt_format": rendering,
                                              "prompts": {str(i): p for i, p in prompts.items()}},
                     overwrite=config.overwrite)
     sampling = SamplingConfig(temperature=config.temperature, top_p=config.top_p,
                               max_new_tokens=config.max_new_tokens, repeat_window=config.repeat_window,
                               repeat_count=config.repeat_count)
-    sample_and_check(model, tokenizer, data.examples, prompts, sampling, k=config.k, seed=config.seed,
+    sample_and_check(model, tokenizer, examples, prompts, sampling, k=config.k, seed=config.seed,
                      batch_size=config.batch_size, log=log, progress=config.progress, desc="sampling")
 
     by_index = {e.index: e for e in data.examples}
@@ -125,7 +133,7 @@ def run_prefs(config: PrefsConfig) -> dict:
     samples = [s for r in log.records() for s in r["samples"]]
     summary = {
         "run": {**asdict(config), "prompt_format": rendering},
-        "prompts": len(log.records()), "skipped_input": dict(Counter(e.reason for e in data.skipped)),
+        "prompts": len(log.records()), "skipped_input": dict(Counter(e.reason for e in skipped)),
         "samples": len(samples), "samples_correct": sum(s["correct"] for s in samples),
         "pairs": len(pairs), "prompts_with_pairs": len({p["source_row"] for p in pairs}),
         "prompts_without_pair": dict(unusable),
