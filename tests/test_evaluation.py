@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from opsft.evaluation import accuracy_summary, avg_at_k, mean_interval, pass_at_k, pass_at_k_one, wilson_interval
+from opsft.evaluation import (accuracy_summary, avg_at_k, mean_interval, paired_difference, pass_at_k, pass_at_k_one,
+                              wilson_interval)
 
 RESULTS = [[True, False, False, True], [False, False, False, False], [True, True, True, True]]
 
@@ -38,6 +39,16 @@ def test_intervals():
     values = [0.5, 0.0, 1.0]
     half = 1.959963984540054 * 0.5 / math.sqrt(3)  # sd of (0.5, 0, 1) is 0.5
     assert mean_interval(values) == pytest.approx((max(0, 0.5 - half), min(1, 0.5 + half)))
+
+
+def test_paired_difference_by_hand():
+    a, b = {"x": [1, 1, 0, 0], "y": [1, 0]}, {"x": [0, 1, 0, 1], "y": [0, 0]}
+    # x: d = (1, 0, 0, -1), mean 0, var/n = (2/3)/4; y: d = (1, 0), mean 1/2, var/n = (1/2)/2
+    delta, half = paired_difference(a, b)
+    assert delta == pytest.approx(0.25) and half == pytest.approx(1.959964 * math.sqrt(1 / 6 + 1 / 4) / 2)
+    assert paired_difference(a, a) == (0, 0)
+    with pytest.raises(ValueError):
+        paired_difference({"x": [1, 0]}, {"x": [1]})
 
 
 def test_summary_of_greedy_and_sampled_results():

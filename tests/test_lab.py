@@ -44,7 +44,16 @@ def test_every_stage_produces_its_outputs(tiny_lab, capsys):
         assert (out / "report" / picture).read_bytes()[:4] == b"\x89PNG"
     table = (out / "report" / "results.md").read_text()
     assert all(f"| {m} | 1 |" in table for m in METHODS) and "| base (no training) |" in table
-    assert "<table>" in (out / "report" / "index.html").read_text()
+    assert (out / "report" / "index.html").read_text().count("<table>") == 2
+    differences = json.loads((out / "report" / "differences.json").read_text())
+    assert "Difference from sft" in table and {d["method"] for d in differences} == {"base (no training)",
+                                                                                     *METHODS} - {"sft"}
+    summary = {m: json.loads((out / ("eval/base" if m == "base (no training)" else f"runs/{m}-seed0/eval")
+                              / "eval_summary.json").read_text()) for m in ["sft", *(d["method"] for d in differences)]}
+    for d in differences:  # one seed, one sample per problem: the paired difference is the accuracy difference
+        for group in ("in_domain", "out_of_domain"):
+            assert d[group]["delta"] == pytest.approx(summary[d["method"]][f"{group}_accuracy"] -
+                                                      summary["sft"][f"{group}_accuracy"])
     assert len(set(budgets.values())) > 1  # tokens per example differ, so the step counts do too
 
 

@@ -112,8 +112,8 @@ def test_pair_token_counts_are_the_tokens_trls_dpo_trainer_trains_on(tmp_path, t
          "rejected": [{"role": "assistant", "content": "The answer is 41, then check the sum."}]})))
     rows, _ = load_preferences(str(path))
     kept, mean_tokens, truncated = fit_pairs(rows, tokenizer, max_length=38, source=str(path))
-    trainer = DPOTrainer(model=tiny_model, ref_model=copy.deepcopy(tiny_model), processing_class=tokenizer,
-                         args=DPOConfig(output_dir=str(tmp_path / "o"), report_to="none", max_length=None, bf16=False, use_cpu=True),
+    args = DPOConfig(output_dir=str(tmp_path / "o"), report_to="none", max_length=None, bf16=False, use_cpu=True)
+    trainer = DPOTrainer(model=tiny_model, ref_model=copy.deepcopy(tiny_model), processing_class=tokenizer, args=args,
                          train_dataset=datasets.Dataset.from_list(
                              [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows]))
     trl_tokens = [2 * len(t["prompt_ids"]) + len(t["chosen_ids"]) + len(t["rejected_ids"])

@@ -2,8 +2,10 @@
 
 Columns: in-domain accuracy, out-of-domain accuracy, drift from the base (DDT of the base's samples), the
 training data's phi_mean under the base model, training tokens, training time. The base model is the first
-row. Written into <lab>/report/: results.md, results.csv, results.json, accuracy.png, phi_hist.png,
-training_curves.png, index.html.
+row. A second table gives each method's difference from SFT (from the base when SFT was not run), paired
+by problem (`evaluation.paired_difference`, per-problem accuracies averaged over seeds) with a 95 % interval
+over problems, and the std over seeds of the per-seed differences. Written into <lab>/report/: results.md,
+results.csv, results.json, differences.json, accuracy.png, phi_hist.png, training_curves.png, index.html.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import statistics
 from pathlib import Path
 
 import numpy as np
+
+from .evaluation import paired_difference
 
 
 def _read(path: Path) -> dict | None:
@@ -61,6 +65,76 @@ def collect_rows(out: Path, settings: dict, runs: dict) -> list[dict]:
     return rows
 
 
+def _per_problem(eval_dir: Path, group: str) -> dict[str, list[float]] | None:
+    """{set: per-problem accuracy (mean over its samples), in problem order} of one eval's sets in `group`."""
+    summary = _read(eval_dir / "eval_summary.json")
+    if not summary:
+        return None
+    result = {}
+    for name, info in summary["sets"].items():
+        if info["group"] == group:
+            samples = (eval_dir / "sets" / name / "samples.jsonl").read_text().splitlines()
+            records = [json.loads(line) for line in samples]
+            result[name] = [sum(x["correct"] for x in r["samples"]) / len(r["samples"])
+                            for r in sorted(records, key=lambda r: r["index"])]
+    return result
+
+
+def _seed_average(evals: list[dict[str, list[float]]]) -> dict[str, list[float]]:
+    return {name: [statistics.fmean(values) for values in zip(*(e[name] for e in evals), strict=True)]
+            for name in evals[0]}
+
+
+def collect_differences(out: Path, settings: dict, runs: dict) -> list[dict]:
+    """Each method (and the base) against SFT, or every method against the base when SFT was not run."""
+    reference = "sft" if "sft" in settings["methods"] else None
+    base_dir = out / "eval" / "base"
+
+    def eval_dirs(method):
+        if method is None:
+            return {seed: base_dir for seed in settings["seeds"]}
+        return {seed: out / "runs" / f"{method}-seed{seed}" / "eval" for seed in settings["seeds"]
+                if "skipped" not in runs.get(f"{method}-seed{seed}", {})
+                and (out / "runs" / f"{method}-seed{seed}" / "eval" / "eval_summary.json").exists()}
+
+    against = eval_dirs(reference)
+    if not against:
+        return []
+    rows = []
+    for method in [None, *settings["methods"]]:
+        if method == reference:
+            continue
+        dirs, row = eval_dirs(method), {"method": method or "base (no training)", "vs": reference or "base"}
+        if not dirs:
+            continue
+        for group, key in (("in_domain", "in_domain_accuracy"), ("out_of_domain", "out_of_domain_accuracy")):
+            mine = _seed_average([_per_problem(d, group) for d in dirs.values()])
+            theirs = _seed_average([_per_problem(d, group) for d in against.values()])
+            delta, half_width = paired_difference(mine, theirs)
+            per_seed = [_read(dirs[seed] / "eval_summary.json")[key] - _read(against[seed] / "eval_summary.json")[key]
+                        for seed in dirs if seed in against]
+            row[group] = {"delta": delta, "ci95_half_width": half_width,
+                          "seed_std": statistics.stdev(per_seed) if len(per_seed) > 1 else None}
+        rows.append(row)
+    return rows
+
+
+def format_differences(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    vs = rows[0]["vs"]
+    lines = [f"Difference from {vs} (method − {vs}), paired by problem: Δ [95 % interval over problems] "
+             "(std over seeds of the per-seed Δ)", "",
+             "| method | Δ in-domain acc | Δ out-of-domain acc |", "|---|---|---|"]
+
+    def cell(d):
+        seeds = f" (seeds ± {d['seed_std']:.3f})" if d["seed_std"] is not None else ""
+        return f"{d['delta']:+.3f} [±{d['ci95_half_width']:.3f}]{seeds}"
+
+    lines += [f"| {r['method']} | {cell(r['in_domain'])} | {cell(r['out_of_domain'])} |" for r in rows]
+    return "\n".join(lines)
+
+
 def _cell(value: tuple | None, digits: int = 3, signed: bool = False) -> str:
     mean, std = value if value else (None, None)
     if mean is None:
@@ -88,9 +162,13 @@ def write_report(out: Path, settings: dict, runs: dict) -> dict:
     report = out / "report"
     report.mkdir(exist_ok=True)
     rows = collect_rows(out, settings, runs)
+    differences = collect_differences(out, settings, runs)
     table = format_results(rows, settings)
+    if differences:
+        table += "\n\n" + format_differences(differences)
     (report / "results.md").write_text(table + "\n")
     (report / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (report / "differences.json").write_text(json.dumps(differences, indent=2) + "\n")
     with (report / "results.csv").open("w", newline="") as f:
         writer = csv.writer(f)
         keys = ["in_domain", "out_of_domain", "drift", "train_tokens", "train_seconds"]
@@ -162,16 +240,21 @@ def _plot_curves(out, runs, path):
 
 
 def _write_html(report: Path, table: str, settings: dict) -> None:
-    rows = [line for line in table.splitlines() if line.startswith("|") and not line.startswith("|---")]
-    cells = "".join("<tr>" + "".join(f"<{'th' if i == 0 else 'td'}>{html.escape(c.strip())}</{'th' if i == 0 else 'td'}>"
-                                     for c in row.strip("|").split("|")) + "</tr>"
-                    for i, row in enumerate(rows))
-    header = "<br>".join(html.escape(line) for line in table.splitlines()[:2])
-    page = f"""<!doctype html><meta charset="utf-8"><title>opsft lab</title>
+    page, caption, rows = [f"<h1>opsft lab ({html.escape(settings['profile'])})</h1>"], [], []
+    for line in [*table.splitlines(), ""]:  # caption lines, then a markdown table, for each table
+        if line.startswith("|"):
+            rows += [] if line.startswith("|---") else [line]
+        elif rows:
+            cells = "".join("<tr>" + "".join(f"<{tag}>{html.escape(c.strip())}</{tag}>" for c in row.strip("|").split("|"))
+                            + "</tr>" for tag, row in (("th" if i == 0 else "td", row) for i, row in enumerate(rows)))
+            page.append(f"<p>{'<br>'.join(map(html.escape, caption))}</p><table>{cells}</table>")
+            caption, rows = [line] if line else [], []
+        elif line:
+            caption.append(line)
+    (report / "index.html").write_text(f"""<!doctype html><meta charset="utf-8"><title>opsft lab</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}img{{max-width:100%}}</style>
-<h1>opsft lab ({html.escape(settings['profile'])})</h1><p>{header}</p><table>{cells}</table>
+{"".join(page)}
 <h2>Accuracy</h2><img src="accuracy.png"><h2>Training data: phi_mean before and after re-alignment</h2>
 <img src="phi_hist.png"><h2>Training curves</h2><img src="training_curves.png">
-<h2>Settings</h2><pre>{html.escape(json.dumps(settings, indent=2))}</pre>"""
-    (report / "index.html").write_text(page)
+<h2>Settings</h2><pre>{html.escape(json.dumps(settings, indent=2))}</pre>""")

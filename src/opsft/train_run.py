@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from transformers import TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
 
 from .errors import DataError, OpsftError
 from .losses import METHODS, LossConfig
@@ -157,14 +159,15 @@ def train_and_save(trainer, config: TrainConfig, tokenizer, *, examples: int, sk
                    tokens_per_example: float | None = None) -> dict:
     """Train (resuming from the last checkpoint with --resume), save final/, write train_summary.json.
 
-    Wall time adds up over resumed runs. Training tokens: TRL's own count of input tokens (`num_tokens`)
-    where the trainer logs it, else examples seen times the mean tokens per example."""
+    Wall time adds up over resumed runs, killed ones included: each checkpoint records the time spent up to
+    it (WALL_CLOCK_FILE). Training tokens: TRL's own count of input tokens (`num_tokens`) where the trainer
+    logs it, else examples seen times the mean tokens per example."""
     out = Path(config.output_dir)
     resuming = config.resume and _has_checkpoint(out)
-    earlier = json.loads((out / "train_summary.json").read_text()) if resuming and (out / "train_summary.json").exists() else {}
-    started = time.perf_counter()
+    clock = WallClock(_seconds_before(out) if resuming else 0.0)
+    trainer.add_callback(clock)
     trainer.train(resume_from_checkpoint=True if resuming else None)
-    seconds = time.perf_counter() - started
+    seconds = clock.this_run()
     trainer.save_model(str(out / "final"))
     tokenizer.save_pretrained(str(out / "final"))
 
@@ -183,7 +186,7 @@ def train_and_save(trainer, config: TrainConfig, tokenizer, *, examples: int, sk
         "train_tokens": int(logged_tokens[-1]) if logged_tokens else
         (round(seen * tokens_per_example) if tokens_per_example else None),
         "train_tokens_source": "trl num_tokens" if logged_tokens else "examples seen x mean tokens per example",
-        "train_seconds": round(earlier.get("train_seconds", 0.0) + seconds, 2),
+        "train_seconds": round(clock.before + seconds, 2),
         "train_seconds_this_run": round(seconds, 2),
         "log_history": history,
     }
@@ -250,6 +253,33 @@ def _precompute_reference(config, model, tokenized, out: Path) -> dict[int, list
         values = token_logprobs(model, [(t.input_ids, t.completion_start) for t in chunk], batch_size=batch)
         log.append([{"index": t.index, "log_probs": v.tolist()} for t, v in zip(chunk, values)])
     return {r["index"]: r["log_probs"] for r in log.records()}
+
+
+WALL_CLOCK_FILE = "opsft_train_seconds.json"
+
+
+class WallClock(TrainerCallback):
+    """Training wall time: `before` (earlier runs) plus this run's, written into every checkpoint it saves."""
+
+    def __init__(self, before: float):
+        self.before, self.started = before, time.perf_counter()
+
+    def this_run(self) -> float:
+        return time.perf_counter() - self.started
+
+    def on_save(self, args, state, control, **kwargs):
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if checkpoint.is_dir():
+            (checkpoint / WALL_CLOCK_FILE).write_text(json.dumps({"train_seconds": self.before + self.this_run()}))
+
+
+def _seconds_before(out: Path) -> float:
+    """Time spent by earlier runs: the later of the last finished run's summary and the last checkpoint's clock."""
+    summary = out / "train_summary.json"
+    finished = json.loads(summary.read_text())["train_seconds"] if summary.exists() else 0.0
+    last = get_last_checkpoint(str(out))
+    clock = Path(last) / WALL_CLOCK_FILE if last else None
+    return max(finished, json.loads(clock.read_text())["train_seconds"] if clock and clock.exists() else 0.0)
 
 
 def _has_checkpoint(out: Path) -> bool:
