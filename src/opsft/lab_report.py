@@ -2,10 +2,11 @@
 
 Columns: in-domain accuracy, out-of-domain accuracy, drift from the base (DDT of the base's samples), the
 training data's phi_mean under the base model, training tokens, training time. The base model is the first
-row. A second table gives each method's difference from SFT (from the base when SFT was not run), paired
-by problem (`evaluation.paired_difference`, per-problem accuracies averaged over seeds) with a 95 % interval
-over problems, and the std over seeds of the per-seed differences. Written into <lab>/report/: results.md,
-results.csv, results.json, differences.json, accuracy.png, phi_hist.png, training_curves.png, index.html.
+row. A second table gives the accuracy on each test set. A third gives each method's difference from SFT
+(from the base when SFT was not run), paired by problem (`evaluation.paired_difference`, per-problem
+accuracies averaged over seeds) with a 95 % interval over problems, and the std over seeds of the per-seed
+differences. Written into <lab>/report/: results.md, results.csv, results.json, differences.json,
+accuracy.png, phi_hist.png, training_curves.png, index.html.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def collect_rows(out: Path, settings: dict, runs: dict) -> list[dict]:
 
     base = _read(out / "eval" / "base" / "eval_summary.json")
     rows = [{"method": "base (no training)", "seeds": 1, "in_domain": (base["in_domain_accuracy"], None),
+             "sets": {name: (info["accuracy"], None) for name, info in base["sets"].items()},
              "out_of_domain": (base["out_of_domain_accuracy"], None),
              "drift": ((base.get("drift") or {}).get("drift"), None), "train_phi_mean": None,
              "train_tokens": (0, None), "train_seconds": (0, None), "note": ""}]
@@ -56,6 +58,7 @@ def collect_rows(out: Path, settings: dict, runs: dict) -> list[dict]:
             "method": method, "seeds": len(evals),
             "in_domain": _spread([e["in_domain_accuracy"] for e in evals]),
             "out_of_domain": _spread([e["out_of_domain_accuracy"] for e in evals]),
+            "sets": {name: _spread([e["sets"][name]["accuracy"] for e in evals]) for name in base["sets"]},
             "drift": _spread([(e.get("drift") or {}).get("drift") for e in evals]),
             "train_phi_mean": _phi_of(out, METHODS[method][1]),
             "train_tokens": _spread([runs[n]["train_tokens"] for n in names if "train_tokens" in runs.get(n, {})]),
@@ -158,12 +161,20 @@ def format_results(rows: list[dict], settings: dict) -> str:
     return "\n".join(lines)
 
 
+def format_sets(rows: list[dict]) -> str:
+    names = list(rows[0]["sets"])
+    lines = ["Accuracy per test set (mean ± std over seeds)", "",
+             "| method | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    lines += [f"| {r['method']} | " + " | ".join(_cell(r["sets"].get(n)) for n in names) + " |" for r in rows]
+    return "\n".join(lines)
+
+
 def write_report(out: Path, settings: dict, runs: dict) -> dict:
     report = out / "report"
     report.mkdir(exist_ok=True)
     rows = collect_rows(out, settings, runs)
     differences = collect_differences(out, settings, runs)
-    table = format_results(rows, settings)
+    table = format_results(rows, settings) + "\n\n" + format_sets(rows)
     if differences:
         table += "\n\n" + format_differences(differences)
     (report / "results.md").write_text(table + "\n")
