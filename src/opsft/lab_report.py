@@ -228,23 +228,35 @@ def _plot_phi(out, path):
 
 
 def _plot_curves(out, runs, path):
+    """Per method, the training curve averaged over seeds (band: min to max over seeds): the NLL of the
+    reference tokens for the SFT family (whatever loss it optimises), each trainer's own loss for DPO/SimPO."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    curves = {}  # (panel, method) -> {step: [value per seed]}
     for name, run in runs.items():
         summary = _read(out / "runs" / name / "train_summary.json")
         if "skipped" in run or not summary:
             continue
         key = "nll" if any("nll" in h for h in summary["log_history"]) else "loss"
-        points = [(h["step"], h[key]) for h in summary["log_history"] if key in h and "step" in h]
-        if points:
-            ax.plot(*zip(*points), label=f"{name} ({'nll' if key == 'nll' else 'own loss'})", linewidth=1)
-    ax.set_xlabel("step")
-    ax.set_ylabel("training nll (SFT family) / loss (DPO, SimPO)")
-    ax.legend(fontsize=6)
+        curve = curves.setdefault((key, run["method"]), {})
+        for h in summary["log_history"]:
+            if key in h and "step" in h:
+                curve.setdefault(h["step"], []).append(h[key])
+    panels = [p for p in ("nll", "loss") if any(k == p for k, _ in curves)] or ["nll"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), dpi=120, squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        for (key, method), curve in curves.items():
+            if key == panel:
+                steps = sorted(curve)
+                line, = ax.plot(steps, [np.mean(curve[t]) for t in steps], label=method, linewidth=1.2)
+                ax.fill_between(steps, [min(curve[t]) for t in steps], [max(curve[t]) for t in steps],
+                                color=line.get_color(), alpha=0.15)
+        ax.set_xlabel("step")
+        ax.set_ylabel("training NLL of the data (SFT family)" if panel == "nll" else "training loss (DPO, SimPO)")
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
