@@ -103,6 +103,9 @@ def collect_differences(out: Path, settings: dict, runs: dict) -> list[dict]:
     against = eval_dirs(reference)
     if not against:
         return []
+    groups = {"in_domain": "in_domain_accuracy", "out_of_domain": "out_of_domain_accuracy"}
+    theirs = {group: _seed_average([_per_problem(d, group) for d in against.values()]) for group in groups}
+    their_summaries = {seed: _read(d / "eval_summary.json") for seed, d in against.items()}
     rows = []
     for method in [None, *settings["methods"]]:
         if method == reference:
@@ -110,12 +113,11 @@ def collect_differences(out: Path, settings: dict, runs: dict) -> list[dict]:
         dirs, row = eval_dirs(method), {"method": method or "base (no training)", "vs": reference or "base"}
         if not dirs:
             continue
-        for group, key in (("in_domain", "in_domain_accuracy"), ("out_of_domain", "out_of_domain_accuracy")):
+        summaries = {seed: _read(d / "eval_summary.json") for seed, d in dirs.items()}
+        for group, key in groups.items():
             mine = _seed_average([_per_problem(d, group) for d in dirs.values()])
-            theirs = _seed_average([_per_problem(d, group) for d in against.values()])
-            delta, half_width = paired_difference(mine, theirs)
-            per_seed = [_read(dirs[seed] / "eval_summary.json")[key] - _read(against[seed] / "eval_summary.json")[key]
-                        for seed in dirs if seed in against]
+            delta, half_width = paired_difference(mine, theirs[group])
+            per_seed = [summaries[seed][key] - their_summaries[seed][key] for seed in dirs if seed in against]
             row[group] = {"delta": delta, "ci95_half_width": half_width,
                           "seed_std": statistics.stdev(per_seed) if len(per_seed) > 1 else None}
         rows.append(row)

@@ -22,7 +22,7 @@ import numpy as np
 from .data import load_preferences
 from .errors import DataError, OpsftError
 from .models import load_model
-from .rendering import prompt_format, render_plain, text_of, tokenize_example
+from .rendering import prompt_fills_max_length, prompt_format, render_plain, text_of, tokenize_example
 from .train_run import TrainConfig, check_training_options, lora_config, train_and_save, trainer_arguments
 
 DEFAULT_LEARNING_RATE = (5e-6, 5e-7)  # (with LoRA, full fine-tuning)
@@ -84,8 +84,7 @@ def fit_pairs(rows: list[dict], tokenizer, max_length: int, *, source: str, skip
         (chosen, start), (rejected, _) = (tokenize_example(row["prompt"], row[side], tokenizer)
                                           for side in ("chosen", "rejected"))
         if start >= max_length:
-            error = DataError(f"is {start} tokens, not shorter than --max-length {max_length}", source=source,
-                              row=row["row"], field="prompt", reason="prompt_too_long")
+            error = prompt_fills_max_length(start, max_length, source=source, row=row["row"])
             if not skip_invalid:
                 raise error
             skipped.append(error)

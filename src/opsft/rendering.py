@@ -100,8 +100,7 @@ def tokenize_dataset(examples: Sequence[Example], tokenizer, *, max_length: int 
                 raise DataError("renders to no tokens before the completion", source=source,
                                 row=example.index + 1, field="prompt", reason="empty_prompt")
             if start >= max_length:
-                raise DataError(f"is {start} tokens, not shorter than --max-length {max_length}", source=source,
-                                row=example.index + 1, field="prompt", reason="prompt_too_long")
+                raise prompt_fills_max_length(start, max_length, source=source, row=example.index + 1)
             if len(input_ids) == start:
                 raise DataError("renders to no tokens", source=source, row=example.index + 1,
                                 field="completion", reason="empty_completion")
@@ -112,6 +111,12 @@ def tokenize_dataset(examples: Sequence[Example], tokenizer, *, max_length: int 
             continue
         tokenized.append(TokenizedExample(example.index, input_ids[:max_length], start, len(input_ids) > max_length))
     return tokenized, skipped
+
+
+def prompt_fills_max_length(prompt_tokens: int, max_length: int, *, source: str, row: int) -> DataError:
+    """The error for a prompt that leaves no room for a completion token under max_length."""
+    return DataError(f"is {prompt_tokens} tokens, not shorter than --max-length {max_length}", source=source,
+                     row=row, field="prompt", reason="prompt_too_long")
 
 
 def fitting_prompts(examples: Sequence[Example], render, budget: int, max_length: int, *, source: str,
