@@ -124,6 +124,8 @@ def test_suite_with_in_and_out_of_domain_sets(tmp_path, tiny_model_dir, data):
     suite.write_text(yaml.safe_dump({
         "in_domain": {"adds": {"data": data, "prompt_field": "question", "completion_field": "answer"}},
         "out_of_domain": {"say": "other.jsonl", "say_sampled": {"data": other, "k": 2, "temperature": 1.0}},
+        "drift": {"data": "d.jsonl", "base": str(tiny_model_dir), "prompt_field": "question",
+                  "completion_field": "answer", "limit": 3},
     }))
     assert main(["eval", "--model", str(tiny_model_dir), "--suite", str(suite), "--out", str(tmp_path / "out"),
                  "--max-new-tokens", "6", "--no-progress"]) == 0
@@ -133,6 +135,7 @@ def test_suite_with_in_and_out_of_domain_sets(tmp_path, tiny_model_dir, data):
     assert summary["sets"]["say_sampled"]["samples_per_problem"] == 2
     assert summary["out_of_domain_accuracy"] == pytest.approx(
         (summary["sets"]["say"]["accuracy"] + summary["sets"]["say_sampled"]["accuracy"]) / 2)
+    assert summary["drift"]["samples"] == 3 and summary["drift"]["data"] == data  # found beside the suite
 
 
 def drift_of(tmp_path, model, base, data, name):
@@ -174,6 +177,9 @@ def test_bad_input_fails_with_a_clear_message(tmp_path, tiny_model_dir, no_templ
     suite.write_text(yaml.safe_dump({"in_domain": {"mine": "missing.jsonl"}}))
     assert main(["eval", "--model", str(tiny_model_dir), "--suite", str(suite), "--out", str(tmp_path / "o")]) == 2
     assert "suite.yaml: in_domain.mine: data file missing.jsonl does not exist" in capsys.readouterr().err
+    suite.write_text(yaml.safe_dump({"in_domain": {"mine": data}, "drift": {"data": data, "k": 2}}))
+    assert main(["eval", "--model", str(tiny_model_dir), "--suite", str(suite), "--out", str(tmp_path / "o")]) == 2
+    assert "suite.yaml: drift: expected a mapping of data, base, prompt_field" in capsys.readouterr().err
 
     assert run_eval(no_template_dir, tmp_path / "o", data) == 2
     assert "has no chat template and no --prompt-format was given" in capsys.readouterr().err

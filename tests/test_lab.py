@@ -93,3 +93,33 @@ def test_killed_lab_continues_from_the_interrupted_stage(tmp_path, monkeypatch, 
     if function == "run_train":  # the two finished trainings are not redone
         assert len(calls) - before == len(METHODS) - 2
     assert (tmp_path / "report" / "results.md").exists()
+
+
+def test_lab_on_your_own_model_and_files(tmp_path, capsys):
+    """Every default replaced: a local model directory, JSONL files with their own column names, sets from YAML."""
+    from opsft.lab import _gym_rows
+    from opsft.tiny import build_tiny_model
+
+    rows = _gym_rows("gym:chain_sum?size=16&seed=0&min_terms=2&max_terms=2&min_digits=1&max_digits=1", "running_sums")
+    model = build_tiny_model(tmp_path / "my-model", [r["question"] + " " + r["solution"] for r in rows] * 4)
+    for name, part in (("train", rows[:10]), ("test", rows[10:])):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"q": r["question"], "work": r["solution"],
+                                                                    "final": r["answer"]}) + "\n" for r in part))
+    sets = {"data": str(tmp_path / "test.jsonl"), "prompt_field": "q", "completion_field": "work",
+            "answer_field": "final"}
+    drift = {"data": str(tmp_path / "test.jsonl"), "prompt_field": "q", "completion_field": "work"}
+    (tmp_path / "lab.yaml").write_text(json.dumps({"in_domain": {"mine": sets}, "out_of_domain": {"also_mine": sets},
+                                                   "drift_data": drift}))
+    out = tmp_path / "lab"
+    assert main(["lab", "--profile", "tiny", "--config", str(tmp_path / "lab.yaml"), "--model", str(model),
+                 "--train-data", str(tmp_path / "train.jsonl"), "--prompt-field", "q", "--completion-field", "work",
+                 "--methods", "sft", "idft", "--token-budget", "600", "--out", str(out), "--no-progress"]) == 0
+    settings = json.loads((out / "lab_config.json").read_text())
+    assert settings["model"] == str(model) and settings["methods"] == ["sft", "idft"]
+    assert json.loads((out / "stages" / "1-data.json").read_text())["train"] == str(tmp_path / "train.jsonl")
+    assert json.loads((out / "score" / "raw" / "summary.json").read_text())["n_examples"] == 10
+    base = json.loads((out / "eval" / "base" / "eval_summary.json").read_text())
+    assert set(base["sets"]) == {"mine", "also_mine"} and base["sets"]["mine"]["problems"] == 6
+    assert base["drift"]["samples"] == 6 and base["drift"]["base"] == str(model)
+    table = (out / "report" / "results.md").read_text()
+    assert "| sft | 1 |" in table and "| idft | 1 |" in table and "| mine | also_mine |" in table

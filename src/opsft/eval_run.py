@@ -8,7 +8,7 @@ sets come from `--data` (one in-domain set) or a suite YAML file:
     out_of_domain:
       arithmetic: {data: "gym:basic_arithmetic?size=100&seed=1", max_new_tokens: 64}
       mine: {data: my_test.jsonl, prompt_field: question, completion_field: answer}
-    drift: {data: "gym:gsm_symbolic?size=32&seed=7", base: smollm2-135m}
+    drift: {data: "gym:gsm_symbolic?size=32&seed=7", base: smollm2-135m}   # also prompt_field, ..., limit
 
 Each set: k samples per problem (greedy when temperature is 0), every answer checked (the task's scorer
 for reasoning-gym, math-verify otherwise), per-problem outputs saved for auditing, accuracy (avg@k) and
@@ -43,6 +43,7 @@ from .resumable import ResultLog
 GROUPS = ("in_domain", "out_of_domain")
 SET_OPTIONS = ("prompt_field", "completion_field", "messages_field", "answer_field", "limit", "k", "temperature",
                "top_p", "max_new_tokens")
+DRIFT_OPTIONS = ("data", "base", "prompt_field", "completion_field", "messages_field", "limit")
 
 
 @dataclass
@@ -129,19 +130,30 @@ def eval_sets(config: EvalConfig) -> tuple[list[EvalSet], dict]:
             bad = set(entry) - {"data", *SET_OPTIONS}
             if bad:
                 raise OpsftError(f"{path}: {group}.{name}: unknown options {sorted(bad)}")
-            if _looks_like_file(entry["data"]):
-                file = Path(entry["data"])
-                file = file if file.is_absolute() or file.exists() else path.parent / file
-                if not file.exists():
-                    raise OpsftError(f"{path}: {group}.{name}: data file {entry['data']} does not exist")
-                entry = {**entry, "data": str(file)}
+            entry = {**entry, "data": _beside(path, entry["data"], f"{group}.{name}")}
             sets.append(EvalSet(str(name), group, **{**defaults, **entry}))
     if not sets:
         raise OpsftError(f"{path}: names no evaluation set (add {GROUPS[0]}: or {GROUPS[1]}:)")
     names = [s.name for s in sets]
     if len(set(names)) != len(names):
         raise OpsftError(f"{path}: set names must be unique (got {names})")
-    return sets, suite.get("drift") or {}
+    drift = suite.get("drift") or {}
+    if not isinstance(drift, dict) or set(drift) - set(DRIFT_OPTIONS):
+        raise OpsftError(f"{path}: drift: expected a mapping of {', '.join(DRIFT_OPTIONS)}")
+    if "data" in drift:
+        drift = {**drift, "data": _beside(path, drift["data"], "drift")}
+    return sets, drift
+
+
+def _beside(suite: Path, data: str, where: str) -> str:
+    """A data file named in the suite, found as given or else beside the suite file; other sources unchanged."""
+    if not _looks_like_file(data):
+        return data
+    file = Path(data)
+    file = file if file.is_absolute() or file.exists() else suite.parent / file
+    if not file.exists():
+        raise OpsftError(f"{suite}: {where}: data file {data} does not exist")
+    return str(file)
 
 
 def _looks_like_file(data: str) -> bool:
@@ -171,10 +183,11 @@ def _check(config: EvalConfig, sets: list[EvalSet]) -> None:
 def run_eval(config: EvalConfig) -> dict:
     sets, drift_section = eval_sets(config)
     _check(config, sets)
-    drift_data = drift_section.get("data", config.drift_data)
-    drift_base = drift_section.get("base", config.drift_base)
+    drift_set = {"data": config.drift_data, "base": config.drift_base, "limit": config.drift_limit,
+                 **{name: getattr(config, name) for name in DRIFT_OPTIONS[2:5]}, **drift_section}
+    drift_data, drift_base = drift_set["data"], drift_set["base"]
     if drift_data and not drift_base:
-        drift_base = adapter_base(config.adapter or config.model)
+        drift_base = drift_set["base"] = adapter_base(config.adapter or config.model)
         if drift_base is None:
             raise OpsftError("the drift measure needs the base model: pass --drift-base (for a LoRA adapter it is "
                              "read from the adapter)")
@@ -188,7 +201,7 @@ def run_eval(config: EvalConfig) -> dict:
 
     drift_prompts, drift_records = {}, []
     if drift_data:
-        drift_prompts, drift_records = _base_samples(config, drift_data, drift_base, out)
+        drift_prompts, drift_records = _base_samples(config, drift_set, out)
 
     model, tokenizer = load_model(config.model, adapter=config.adapter, device=config.device)
     has_messages = any(isinstance(e.prompt, list) for data in loaded.values() for e in data.examples)
@@ -254,16 +267,18 @@ def _evaluate_set(s: EvalSet, data: LoadedData, model, tokenizer, config: EvalCo
     return result
 
 
-def _base_samples(config: EvalConfig, data: str, base: str, out: Path):
-    """The base model's own samples on the drift prompts (logged, resumable); the base is freed after."""
-    loaded = load_examples(data, prompt_field=config.prompt_field, completion_field=config.completion_field,
-                           messages_field=config.messages_field, limit=config.drift_limit,
+def _base_samples(config: EvalConfig, drift: dict, out: Path):
+    """The base model's own samples on the drift prompts (logged, resumable); the base is freed after.
+    `drift`: the drift set (DRIFT_OPTIONS), the suite's section over the command's options."""
+    data, base = drift["data"], drift["base"]
+    loaded = load_examples(data, prompt_field=drift["prompt_field"], completion_field=drift["completion_field"],
+                           messages_field=drift["messages_field"], limit=drift["limit"],
                            skip_invalid=config.skip_invalid)
     model, tokenizer = load_model(base, device=config.device)
     rendering = use_prompt_format(tokenizer, config.prompt_format, base,
                                   any(isinstance(e.prompt, list) for e in loaded.examples))
     prompts = _prompts(loaded.examples, tokenizer, config.drift_max_new_tokens, config, data, [])
-    settings = {"base": base, "data": data, "limit": config.drift_limit, "samples": config.drift_samples,
+    settings = {"base": base, "data": data, "limit": drift["limit"], "samples": config.drift_samples,
                 "max_new_tokens": config.drift_max_new_tokens, "seed": config.seed, "prompt_format": rendering,
                 "prompts": {str(i): p for i, p in prompts.items()}}
     log = ResultLog(out / "drift" / "base_samples.jsonl", settings, overwrite=config.overwrite)

@@ -86,7 +86,8 @@ class LabConfig:
                                                            "yaml_only": True})
     out_of_domain: dict | None = field(default=None, metadata={"help": "out-of-domain sets (YAML only)",
                                                                "yaml_only": True})
-    drift_data: str | None = option(None, "prompts for the drift measure")
+    drift_data: str | None = option(None, "prompts for the drift measure (in YAML also {data: ..., prompt_field: "
+                                          "..., ...} as a suite's drift section)")
     methods: list[str] | None = option(None, "methods to train: " + ", ".join(METHODS))
     seeds: list[int] | None = option(None, "training seeds (each method is trained once per seed)")
     token_budget: int | None = option(None, "training tokens per method (steps = budget / tokens per step)")
@@ -166,6 +167,9 @@ class Lab:
         else:
             train, fields = Path(s["train_data"]), (s["prompt_field"], s["completion_field"])
         suite = {"in_domain": s["in_domain"], "out_of_domain": s["out_of_domain"]}
+        if s["drift_data"]:  # the base's samples scored under each model; a mapping may name its fields
+            drift = s["drift_data"] if isinstance(s["drift_data"], dict) else {"data": s["drift_data"]}
+            suite["drift"] = {**drift, "base": self.model}
         (data_dir / "suite.yaml").write_text(yaml.safe_dump(suite, sort_keys=False))
         return {"model": self.model, "train": str(train), "prompt_field": fields[0], "completion_field": fields[1],
                 "suite": str(data_dir / "suite.yaml")}
@@ -179,9 +183,8 @@ class Lab:
             drift_log.parent.mkdir(parents=True, exist_ok=True)  # the base's samples are the same for every model
             shutil.copy(base_drift, drift_log)
         return run_eval(EvalConfig(model=model, suite=self.data["suite"], out=str(out),
-                                   max_new_tokens=s["eval_max_new_tokens"], drift_data=s["drift_data"],
-                                   drift_base=self.model, drift_max_new_tokens=s["drift_max_new_tokens"],
-                                   drift_limit=None, **self.common()))
+                                   max_new_tokens=s["eval_max_new_tokens"], drift_limit=None,
+                                   drift_max_new_tokens=s["drift_max_new_tokens"], **self.common()))
 
     def score(self, data: str, out: str, fields: tuple[str | None, str | None]) -> dict:
         from .score_run import ScoreConfig, run_score
