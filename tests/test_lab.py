@@ -123,3 +123,26 @@ def test_lab_on_your_own_model_and_files(tmp_path, capsys):
     assert base["drift"]["samples"] == 6 and base["drift"]["base"] == str(model)
     table = (out / "report" / "results.md").read_text()
     assert "| sft | 1 |" in table and "| idft | 1 |" in table and "| mine | also_mine |" in table
+
+
+def test_shipped_lab_configs_are_valid_labs(tmp_path):
+    """configs/lab/*.yaml resolve into a lab (known options, known methods) whose suite `opsft eval` accepts."""
+    import argparse
+    from pathlib import Path
+
+    import yaml
+
+    from opsft.cli import _build_config
+    from opsft.eval_run import EvalConfig, eval_sets
+    from opsft.lab import LabConfig, eval_suite
+
+    configs = sorted((Path(__file__).parent.parent / "configs" / "lab").glob("*.yaml"))
+    assert len(configs) >= 2
+    for path in configs:
+        settings = _build_config(LabConfig, {"config": str(path), "profile": "full"}, argparse.ArgumentParser())
+        settings = settings.resolved()
+        suite = tmp_path / f"{path.stem}.yaml"
+        suite.write_text(yaml.safe_dump(eval_suite(settings, settings["model"])))
+        sets, drift = eval_sets(EvalConfig(model=settings["model"], suite=str(suite)))
+        assert {s.name for s in sets} == {*settings["in_domain"], *settings["out_of_domain"]}, path
+        assert drift["base"] == settings["model"], path

@@ -35,7 +35,8 @@ COMMANDS = {
     "compare": (CompareConfig, run_compare,
                 "several run / eval directories side by side: one table (markdown, CSV) and one bar chart"),
     "lab": (LabConfig, run_lab,
-            "the whole study in one command: data, base eval, DDT, realign, train every method, eval, report"),
+            "the whole study in one command: data, base eval, DDT, realign, train every method, eval, report; "
+            "every option left out takes the --profile's value (docs/lab.md)"),
 }
 
 
@@ -71,7 +72,8 @@ def _add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
         many = typing.get_origin(kind) is list
         kind = typing.get_args(kind)[0] if many else kind
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        help_text = (f.metadata.get("help", "") + ("" if required else f" (default: {f.default})")).replace("%", "%%")
+        shown = not required and f.default is not None  # None: unset, the help says what happens then
+        help_text = (f.metadata.get("help", "") + (f" (default: {f.default})" if shown else "")).replace("%", "%%")
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                 help=help_text)

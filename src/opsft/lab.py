@@ -166,11 +166,7 @@ class Lab:
             fields = ("question", "solution")
         else:
             train, fields = Path(s["train_data"]), (s["prompt_field"], s["completion_field"])
-        suite = {"in_domain": s["in_domain"], "out_of_domain": s["out_of_domain"]}
-        if s["drift_data"]:  # the base's samples scored under each model; a mapping may name its fields
-            drift = s["drift_data"] if isinstance(s["drift_data"], dict) else {"data": s["drift_data"]}
-            suite["drift"] = {**drift, "base": self.model}
-        (data_dir / "suite.yaml").write_text(yaml.safe_dump(suite, sort_keys=False))
+        (data_dir / "suite.yaml").write_text(yaml.safe_dump(eval_suite(s, self.model), sort_keys=False))
         return {"model": self.model, "train": str(train), "prompt_field": fields[0], "completion_field": fields[1],
                 "suite": str(data_dir / "suite.yaml")}
 
@@ -286,6 +282,16 @@ class Lab:
 
 def run_lab(config: LabConfig) -> dict:
     return Lab(config).run()
+
+
+def eval_suite(settings: dict, base_model: str) -> dict:
+    """The `opsft eval` suite of a lab: its test sets, and the drift prompts (a data source, or a mapping with
+    its fields) on which the base model's samples are scored under each trained model."""
+    suite = {"in_domain": settings["in_domain"], "out_of_domain": settings["out_of_domain"]}
+    if settings["drift_data"]:
+        drift = settings["drift_data"]
+        suite["drift"] = {**(drift if isinstance(drift, dict) else {"data": drift}), "base": base_model}
+    return suite
 
 
 def _accuracies(summary: dict) -> dict:
