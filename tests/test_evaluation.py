@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from opsft.evaluation import (accuracy_summary, avg_at_k, mean_interval, paired_difference, pass_at_k, pass_at_k_one,
-                              wilson_interval)
+from opsft.evaluation import (accuracy_summary, avg_at_k, macro_mean_interval, mean_interval, paired_difference,
+                              pass_at_k, pass_at_k_one, wilson_interval)
 
 RESULTS = [[True, False, False, True], [False, False, False, False], [True, True, True, True]]
 
@@ -49,6 +49,14 @@ def test_paired_difference_by_hand():
     assert paired_difference(a, a) == (0, 0)
     with pytest.raises(ValueError):
         paired_difference({"x": [1, 0]}, {"x": [1]})
+
+
+def test_macro_mean_interval_by_hand():
+    # x: mean 1/2, var 1/3 over 4 problems; y: mean 1/3, var 1/3 over 3 problems; z: one value, no variance
+    mean, half = macro_mean_interval({"x": [1, 1, 0, 0], "y": [1, 0, 0]})
+    assert mean == pytest.approx((1 / 2 + 1 / 3) / 2)
+    assert half == pytest.approx(1.959964 * math.sqrt((1 / 3) / 4 + (1 / 3) / 3) / 2)
+    assert math.isnan(macro_mean_interval({"z": [1.0]})[1])
 
 
 def test_summary_of_greedy_and_sampled_results():

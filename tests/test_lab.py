@@ -44,6 +44,8 @@ def test_every_stage_produces_its_outputs(tiny_lab, capsys):
         assert (out / "report" / picture).read_bytes()[:4] == b"\x89PNG"
     table = (out / "report" / "results.md").read_text()
     assert all(f"| {m} | 1 |" in table for m in METHODS) and "| base (no training) |" in table
+    rows = json.loads((out / "report" / "results.json").read_text())
+    assert all(r["in_domain_ci95"] is not None and r["out_of_domain_ci95"] is not None for r in rows)
     assert (out / "report" / "index.html").read_text().count("<table>") == 3 and "Accuracy per test set" in table
     differences = json.loads((out / "report" / "differences.json").read_text())
     assert "Difference from sft" in table and {d["method"] for d in differences} == {"base (no training)",

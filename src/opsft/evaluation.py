@@ -63,22 +63,27 @@ def mean_interval(values: Sequence[float], z: float = Z95) -> tuple[float, float
     return (max(0.0, mean - z * sd / math.sqrt(n)), min(1.0, mean + z * sd / math.sqrt(n)))
 
 
-def paired_difference(a: dict[str, Sequence[float]], b: dict[str, Sequence[float]], z: float = Z95
-                      ) -> tuple[float, float]:
-    """Difference of macro accuracies A - B over the same problems, with its 95 % half-width.
+def macro_mean_interval(values: dict[str, Sequence[float]], z: float = Z95) -> tuple[float, float]:
+    """Macro average over sets of per-problem values, with its 95 % half-width over problems.
 
-    Per set s with n_s problems, d_i = a_i - b_i (per-problem accuracies, paired by problem):
-    delta_s = mean(d), se_s = std(d) / sqrt(n_s). Over S sets: delta = mean_s delta_s,
+    Per set s with n_s problems: m_s = mean(v), se_s = std(v) / sqrt(n_s). Over S sets: mean_s m_s,
     half-width = z * sqrt(sum_s se_s^2) / S. Only the spread over problems, not over training seeds.
     """
-    deltas, variances = [], []
-    for name, values in a.items():
-        d = [x - y for x, y in zip(values, b[name], strict=True)]
-        n = len(d)
-        mean = sum(d) / n
-        deltas.append(mean)
-        variances.append(sum((v - mean) ** 2 for v in d) / (n - 1) / n if n > 1 else float("nan"))
-    return sum(deltas) / len(deltas), z * math.sqrt(sum(variances)) / len(deltas)
+    means, variances = [], []
+    for v in values.values():
+        n = len(v)
+        mean = sum(v) / n
+        means.append(mean)
+        variances.append(sum((x - mean) ** 2 for x in v) / (n - 1) / n if n > 1 else float("nan"))
+    return sum(means) / len(means), z * math.sqrt(sum(variances)) / len(means)
+
+
+def paired_difference(a: dict[str, Sequence[float]], b: dict[str, Sequence[float]], z: float = Z95
+                      ) -> tuple[float, float]:
+    """Difference of macro accuracies A - B over the same problems, with its 95 % half-width: the macro mean
+    interval of the per-problem differences d_i = a_i - b_i (paired by problem)."""
+    return macro_mean_interval({name: [x - y for x, y in zip(values, b[name], strict=True)]
+                                for name, values in a.items()}, z)
 
 
 def accuracy_summary(correct: Sequence[Sequence[bool]]) -> dict:

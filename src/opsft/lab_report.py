@@ -1,6 +1,7 @@
 """The lab's report: one row per method (mean ± std over seeds), plots, and an HTML page tying them together.
 
-Columns: in-domain accuracy, out-of-domain accuracy, drift from the base (DDT of the base's samples), the
+Columns: in-domain accuracy, out-of-domain accuracy (each also with its 95 % interval over problems, per-problem
+accuracies averaged over seeds: `evaluation.macro_mean_interval`), drift from the base (DDT of the base's samples), the
 training data's phi_mean under the base model, training tokens, training time. The base model is the first
 row. A second table gives the accuracy on each test set. A third gives each method's difference from SFT
 (from the base when SFT was not run), paired by problem (`evaluation.paired_difference`, per-problem
@@ -14,12 +15,13 @@ from __future__ import annotations
 import csv
 import html
 import json
+import math
 import statistics
 from pathlib import Path
 
 import numpy as np
 
-from .evaluation import paired_difference
+from .evaluation import macro_mean_interval, paired_difference
 
 
 def _read(path: Path) -> dict | None:
@@ -43,6 +45,7 @@ def collect_rows(out: Path, settings: dict, runs: dict) -> list[dict]:
 
     base = _read(out / "eval" / "base" / "eval_summary.json")
     rows = [{"method": "base (no training)", "seeds": 1, "in_domain": (base["in_domain_accuracy"], None),
+             **_problem_ci95([out / "eval" / "base"]),
              "sets": {name: (info["accuracy"], None) for name, info in base["sets"].items()},
              "out_of_domain": (base["out_of_domain_accuracy"], None),
              "drift": ((base.get("drift") or {}).get("drift"), None), "train_phi_mean": None,
@@ -50,14 +53,15 @@ def collect_rows(out: Path, settings: dict, runs: dict) -> list[dict]:
     for method in settings["methods"]:
         names = [f"{method}-seed{seed}" for seed in settings["seeds"]]
         skipped = [runs[n]["skipped"] for n in names if "skipped" in runs.get(n, {})]
-        evals = [_read(out / "runs" / n / "eval" / "eval_summary.json") for n in names
-                 if "skipped" not in runs.get(n, {})]
+        eval_dirs = [out / "runs" / n / "eval" for n in names if "skipped" not in runs.get(n, {})]
+        evals = [_read(d / "eval_summary.json") for d in eval_dirs]
         trains = [_read(out / "runs" / n / "train_summary.json") for n in names]
         evals, trains = [e for e in evals if e], [t for t in trains if t]
         rows.append({
             "method": method, "seeds": len(evals),
             "in_domain": _spread([e["in_domain_accuracy"] for e in evals]),
             "out_of_domain": _spread([e["out_of_domain_accuracy"] for e in evals]),
+            **_problem_ci95(eval_dirs),
             "sets": {name: _spread([e["sets"][name]["accuracy"] for e in evals]) for name in base["sets"]},
             "drift": _spread([(e.get("drift") or {}).get("drift") for e in evals]),
             "train_phi_mean": _phi_of(out, METHODS[method][1]),
@@ -86,6 +90,16 @@ def _per_problem(eval_dir: Path, group: str) -> dict[str, list[float]] | None:
 def _seed_average(evals: list[dict[str, list[float]]]) -> dict[str, list[float]]:
     return {name: [statistics.fmean(values) for values in zip(*(e[name] for e in evals), strict=True)]
             for name in evals[0]}
+
+
+def _problem_ci95(eval_dirs: list[Path]) -> dict:
+    """{in_domain_ci95, out_of_domain_ci95}: the 95 % half-width over problems of each macro accuracy, with
+    per-problem accuracies averaged over the seeds' evals (None where no eval or no set)."""
+    result = {}
+    for group in ("in_domain", "out_of_domain"):
+        per_problem = [p for p in (_per_problem(d, group) for d in eval_dirs) if p]
+        result[f"{group}_ci95"] = macro_mean_interval(_seed_average(per_problem))[1] if per_problem else None
+    return result
 
 
 def collect_differences(out: Path, settings: dict, runs: dict) -> list[dict]:
@@ -140,24 +154,27 @@ def format_differences(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _cell(value: tuple | None, digits: int = 3, signed: bool = False) -> str:
+def _cell(value: tuple | None, digits: int = 3, signed: bool = False, ci95: float | None = None) -> str:
+    """'mean ± std over seeds [± 95 % half-width over problems]', each part where known."""
     mean, std = value if value else (None, None)
     if mean is None:
         return "—"
     text = f"{mean:+.{digits}f}" if signed else f"{mean:.{digits}f}"
-    return text + (f" ± {std:.{digits}f}" if std is not None else "")
+    text += f" ± {std:.{digits}f}" if std is not None else ""
+    return text + (f" [±{ci95:.{digits}f}]" if ci95 is not None and not math.isnan(ci95) else "")
 
 
 def format_results(rows: list[dict], settings: dict) -> str:
     lines = [f"opsft lab ({settings['profile']}): {settings['model']}, trained on {settings['train_data']}",
              "in-domain: " + ", ".join(settings["in_domain"]) + "; out-of-domain: " +
-             ", ".join(settings["out_of_domain"]) + "; mean ± std over seeds", "",
+             ", ".join(settings["out_of_domain"]) + "; mean ± std over seeds [95 % interval over problems]", "",
              "| method | seeds | in-domain acc | out-of-domain acc | drift | train data phi_mean | train tokens "
              "| train time (s) |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         phi = "—" if r["train_phi_mean"] is None else f"{r['train_phi_mean']:+.3f}"
         tokens = _cell(r["train_tokens"], 0)
-        lines.append(f"| {r['method']} | {r['seeds']} | {_cell(r['in_domain'])} | {_cell(r['out_of_domain'])} | "
+        accuracies = [_cell(r[group], ci95=r[f"{group}_ci95"]) for group in ("in_domain", "out_of_domain")]
+        lines.append(f"| {r['method']} | {r['seeds']} | {accuracies[0]} | {accuracies[1]} | "
                      f"{_cell(r['drift'], signed=True)} | {phi} | {tokens} | {_cell(r['train_seconds'], 0)} |"
                      + (f" {r['note']}" if r["note"] else ""))
     return "\n".join(lines)
@@ -185,10 +202,12 @@ def write_report(out: Path, settings: dict, runs: dict) -> dict:
     with (report / "results.csv").open("w", newline="") as f:
         writer = csv.writer(f)
         keys = ["in_domain", "out_of_domain", "drift", "train_tokens", "train_seconds"]
-        writer.writerow(["method", "seeds", *[f"{k}_{s}" for k in keys for s in ("mean", "std")], "train_phi_mean",
-                         "note"])
+        intervals = ["in_domain_ci95", "out_of_domain_ci95"]
+        writer.writerow(["method", "seeds", *[f"{k}_{s}" for k in keys for s in ("mean", "std")], *intervals,
+                         "train_phi_mean", "note"])
         for r in rows:
             writer.writerow([r["method"], r["seeds"], *[("" if v is None else v) for k in keys for v in r[k]],
+                             *[("" if r[k] is None else r[k]) for k in intervals],
                              "" if r["train_phi_mean"] is None else r["train_phi_mean"], r["note"]])
     _plot_accuracy(rows, report / "accuracy.png")
     _plot_phi(out, report / "phi_hist.png")
@@ -207,10 +226,10 @@ def _plot_accuracy(rows, path):
     fig, ax = plt.subplots(figsize=(max(6, len(rows) + 2), 4), dpi=120)
     for offset, key, color in ((-0.2, "in_domain", "#1f77b4"), (0.2, "out_of_domain", "#ff7f0e")):
         means = [r[key][0] if r[key][0] is not None else np.nan for r in rows]
-        stds = [r[key][1] or 0 for r in rows]
-        ax.bar(x + offset, means, 0.4, yerr=stds, capsize=3, color=color, label=key.replace("_", "-"))
+        half_widths = [r[f"{key}_ci95"] if r[f"{key}_ci95"] is not None else np.nan for r in rows]
+        ax.bar(x + offset, means, 0.4, yerr=half_widths, capsize=3, color=color, label=key.replace("_", "-"))
     ax.set_xticks(x, [r["method"] for r in rows], rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("accuracy (mean ± std over seeds)")
+    ax.set_ylabel("accuracy (mean over seeds)\nbars: 95 % interval over problems", fontsize=9)
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
     fig.tight_layout()
