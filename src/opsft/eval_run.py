@@ -184,7 +184,8 @@ def run_eval(config: EvalConfig) -> dict:
     sets, drift_section = eval_sets(config)
     _check(config, sets)
     drift_set = {"data": config.drift_data, "base": config.drift_base, "limit": config.drift_limit,
-                 **{name: getattr(config, name) for name in DRIFT_OPTIONS[2:5]}, **drift_section}
+                 **{name: getattr(config, name) for name in ("prompt_field", "completion_field", "messages_field")},
+                 **drift_section}
     drift_data, drift_base = drift_set["data"], drift_set["base"]
     if drift_data and not drift_base:
         drift_base = drift_set["base"] = adapter_base(config.adapter or config.model)

@@ -1,12 +1,12 @@
 """The lab's report: one row per method (mean ± std over seeds), plots, and an HTML page tying them together.
 
-Columns: in-domain accuracy, out-of-domain accuracy (each also with its 95 % interval over problems, per-problem
-accuracies averaged over seeds: `evaluation.macro_mean_interval`), drift from the base (DDT of the base's samples), the
-training data's phi_mean under the base model, training tokens, training time. The base model is the first
-row. A second table gives the accuracy on each test set. A third gives each method's difference from SFT
-(from the base when SFT was not run), paired by problem (`evaluation.paired_difference`, per-problem
-accuracies averaged over seeds) with a 95 % interval over problems, and the std over seeds of the per-seed
-differences. Written into <lab>/report/: results.md, results.csv, results.json, differences.json,
+Columns: in-domain accuracy, out-of-domain accuracy (each also with its 95 % interval over problems, from
+per-problem accuracies averaged over seeds: `evaluation.macro_mean_interval`), drift from the base (DDT of the
+base's samples), the training data's phi_mean under the base model, training tokens, training time. The base
+model is the first row. A second table gives the accuracy on each test set. A third gives each method's
+difference from SFT (from the base when SFT was not run), paired by problem (`evaluation.paired_difference`,
+per-problem accuracies averaged over seeds) with a 95 % interval over problems, and the std over seeds of the
+per-seed differences. Written into <lab>/report/: results.md, results.csv, results.json, differences.json,
 accuracy.png, phi_hist.png, training_curves.png, index.html.
 """
 
