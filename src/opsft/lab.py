@@ -166,7 +166,6 @@ class Lab:
             fields = ("question", "solution")
         else:
             train, fields = Path(s["train_data"]), (s["prompt_field"], s["completion_field"])
-        (data_dir / "suite.yaml").write_text(yaml.safe_dump(eval_suite(s, self.model), sort_keys=False))
         return {"model": self.model, "train": str(train), "prompt_field": fields[0], "completion_field": fields[1],
                 "suite": str(data_dir / "suite.yaml")}
 
@@ -260,6 +259,8 @@ class Lab:
     def run(self) -> dict:
         self.data = self.stage(1, "data", self.build_data)
         self.model = self.data["model"]
+        # written on every run, so that a lab cached by an older opsft evaluates with today's suite (drift included)
+        Path(self.data["suite"]).write_text(yaml.safe_dump(eval_suite(self.settings, self.model), sort_keys=False))
         self.stage(2, "base", lambda: {"eval": str(self.out / "eval" / "base"),
                                        **_accuracies(self.evaluate(self.model, self.out / "eval" / "base"))})
         d = self.data
