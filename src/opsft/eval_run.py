@@ -186,10 +186,9 @@ def run_eval(config: EvalConfig) -> dict:
     drift_set = {"data": config.drift_data, "base": config.drift_base, "limit": config.drift_limit,
                  **{name: getattr(config, name) for name in ("prompt_field", "completion_field", "messages_field")},
                  **drift_section}
-    drift_data, drift_base = drift_set["data"], drift_set["base"]
-    if drift_data and not drift_base:
-        drift_base = drift_set["base"] = adapter_base(config.adapter or config.model)
-        if drift_base is None:
+    if drift_set["data"] and not drift_set["base"]:
+        drift_set["base"] = adapter_base(config.adapter or config.model)
+        if drift_set["base"] is None:
             raise OpsftError("the drift measure needs the base model: pass --drift-base (for a LoRA adapter it is "
                              "read from the adapter)")
     loaded = {s.name: _load_set(s, config) for s in sets}  # all data checked before any model is loaded
@@ -201,7 +200,7 @@ def run_eval(config: EvalConfig) -> dict:
         hf_logging.disable_progress_bar()
 
     drift_prompts, drift_records = {}, []
-    if drift_data:
+    if drift_set["data"]:
         drift_prompts, drift_records = _base_samples(config, drift_set, out)
 
     model, tokenizer = load_model(config.model, adapter=config.adapter, device=config.device)
@@ -211,8 +210,8 @@ def run_eval(config: EvalConfig) -> dict:
     for s in sets:
         results[s.name] = _evaluate_set(s, loaded[s.name], model, tokenizer, config, out, rendering)
     drift = None
-    if drift_data:
-        drift = {"data": drift_data, "base": drift_base,
+    if drift_set["data"]:
+        drift = {"data": drift_set["data"], "base": drift_set["base"],
                  **drift_of(model, drift_records, drift_prompts, batch_size=config.batch_size)}
         (out / "drift" / "drift.json").write_text(json.dumps(drift, indent=2) + "\n")
     summary = {
