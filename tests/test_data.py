@@ -102,11 +102,14 @@ BAD_ROWS = [
 
 @pytest.mark.parametrize("bad", range(1, len(BAD_ROWS)))
 def test_each_bad_row_is_a_one_line_error_naming_file_row_and_field(tmp_path, bad):
+    """The bad row is the file's second row, after bad - 1 blank lines: its line and its row are both named."""
     path = write_jsonl(tmp_path / "bad.jsonl", [BAD_ROWS[0][0]] + [""] * (bad - 1) + [BAD_ROWS[bad][0]])
-    expected = BAD_ROWS[bad][1].replace("row 2", f"row {bad + 1}").split(": ", 1)[1]
+    expected = BAD_ROWS[bad][1].split(": ", 1)[1]
     with pytest.raises(DataError) as error:
         load_examples(path)
-    assert str(error.value).startswith(f"{path}: row {bad + 1}: ")
+    where = "row 2" if bad == 1 else f"line {bad + 1} (row 2)"
+    assert str(error.value).startswith(f"{path}: {where}: ")
+    assert (error.value.row, error.value.line) == (2, bad + 1)
     assert expected in str(error.value) and "\n" not in str(error.value)
 
 

@@ -135,7 +135,6 @@ def test_lab_on_your_own_model_and_files(tmp_path, capsys):
 
 def test_shipped_lab_configs_are_valid_labs(tmp_path):
     """configs/lab/*.yaml resolve into a lab (known options, known methods) whose suite `opsft eval` accepts."""
-    import argparse
     from pathlib import Path
 
     import yaml
@@ -147,7 +146,7 @@ def test_shipped_lab_configs_are_valid_labs(tmp_path):
     configs = sorted((Path(__file__).parent.parent / "configs" / "lab").glob("*.yaml"))
     assert len(configs) >= 2
     for path in configs:
-        settings = _build_config(LabConfig, {"config": str(path), "profile": "full"}, argparse.ArgumentParser())
+        settings = _build_config(LabConfig, {"config": str(path), "profile": "full"})
         settings = settings.resolved()
         suite = tmp_path / f"{path.stem}.yaml"
         suite.write_text(yaml.safe_dump(eval_suite(settings, settings["model"])))

@@ -18,7 +18,8 @@ from conftest import make_model
 from opsft.errors import DataError, OpsftError
 from opsft.models import load_model
 from opsft.rendering import to_trl_record
-from opsft.train_run import WALL_CLOCK_FILE, TrainConfig, run_train
+from opsft.checkpoints import CHECKPOINT_FILE
+from opsft.train_run import TrainConfig, run_train
 
 ROWS = [{"question": f"What is {a} + {b}?", "solution": f"{a} + {b} = {a + b}. #### {a + b}",
          "quality": q} for (a, b), q in zip([(1, 2), (17, 25), (3, 4), (10, 32), (5, 5), (6, 7), (8, 9), (2, 2)],
@@ -143,7 +144,7 @@ def test_killed_run_resumes_to_the_same_curve_and_the_lambda_schedule_continues(
     whole = run_train(config(model_dir, data_path, tmp_path / "whole", **options))
     with pytest.raises(KeyboardInterrupt):
         run_train(config(model_dir, data_path, tmp_path / "killed", **options), callbacks=[StopAt(5)])
-    killed_time = json.loads((tmp_path / "killed" / "checkpoint-4" / WALL_CLOCK_FILE).read_text())["train_seconds"]
+    killed_time = json.loads((tmp_path / "killed" / "checkpoint-4" / CHECKPOINT_FILE).read_text())["train_seconds"]
     resumed = run_train(config(model_dir, data_path, tmp_path / "killed", resume=True, **options))
     # the killed run's time up to its last checkpoint is counted (the steps after it are redone)
     assert killed_time > 0 and resumed["train_seconds"] == pytest.approx(

@@ -6,13 +6,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import tempfile
+import traceback
 import types
 import typing
-from pathlib import Path
-
-import yaml
 
 from .errors import OpsftError
+from .locking import output_lock
+from .options import read_yaml
 from .compare_run import CompareConfig, run_compare
 from .eval_run import EvalConfig, run_eval
 from .lab import LabConfig, run_lab
@@ -40,10 +41,21 @@ COMMANDS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line like every other opsft error."""
+
+    def error(self, message):
+        self.exit(2, f"opsft: error: {message} (see {self.prog} --help)\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="opsft", description="On-policy supervised fine-tuning toolkit.")
+    """Run one command. Exit status: 0 done, 2 a problem with what was asked or given (one line on stderr:
+    `opsft: error: ...`), 1 an unexpected error (a bug: one line, the traceback saved to a file), 130 interrupted."""
+    parser = _Parser(prog="opsft", description="On-policy supervised fine-tuning toolkit.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--traceback", action="store_true",
+                        help="on an unexpected error, print Python's traceback instead of saving it to a file")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     for name, (config_cls, _, help_text) in COMMANDS.items():
         help_text = help_text.replace("%", "%%")  # argparse formats help with %
         command = sub.add_parser(name, help=help_text, description=help_text)
@@ -52,14 +64,39 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config_cls, run, _ = COMMANDS[args.command]
     try:
-        run(_build_config(config_cls, vars(args), parser))
+        config = _build_config(config_cls, vars(args))
+        with output_lock(_output_dir(config), f"opsft {args.command}"):
+            run(config)
     except OpsftError as error:
         print(f"opsft: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("opsft: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except Exception as error:  # a bug, or a case opsft should have caught: one line, the traceback kept
+        if args.traceback:
+            raise
+        report = _save_traceback(args.command)
+        print(f"opsft: error: unexpected {type(error).__name__}: {_one_line(error)} (a bug in opsft, or a case it "
+              f"should explain; the traceback is in {report}, or rerun with opsft --traceback)", file=sys.stderr)
+        return 1
     return 0
+
+
+def _output_dir(config) -> str:
+    (name,) = [f.name for f in dataclasses.fields(config) if f.metadata.get("output_dir")]
+    return getattr(config, name)
+
+
+def _one_line(error: Exception) -> str:
+    text = " ".join(str(error).split())
+    return text[:300] + ("..." if len(text) > 300 else "")
+
+
+def _save_traceback(command: str) -> str:
+    with tempfile.NamedTemporaryFile("w", prefix=f"opsft-{command}-", suffix=".txt", delete=False) as f:
+        f.write(f"opsft {_version()}: {' '.join(sys.argv)}\n\n{traceback.format_exc()}")
+    return f.name
 
 
 def _add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
@@ -85,29 +122,29 @@ def _add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
 def _base_type(hint):
     """int for `int | None`, etc."""
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
+        hint = [a for a in typing.get_args(hint) if a is not type(None)][0]  # str | dict: a flag takes a str
     return hint
 
 
-def _build_config(cls, args: dict, parser: argparse.ArgumentParser):
+def _build_config(cls, args: dict):
+    """The command's config from --config (YAML) and the flags given (which win); checked by the config class."""
     names = {f.name for f in dataclasses.fields(cls)}
     values = {}
     if args.get("config"):
-        path = Path(args["config"])
-        if not path.exists():
-            parser.error(f"--config {path}: no such file")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        path = args["config"]
+        loaded = read_yaml(path, "--config")
+        loaded = {} if loaded is None else loaded
         if not isinstance(loaded, dict):
-            parser.error(f"--config {path}: expected a mapping of option: value")
-        values = {k.replace("-", "_"): v for k, v in loaded.items()}
+            raise OpsftError(f"--config {path}: expected a mapping of option: value")
+        values = {str(k).replace("-", "_"): v for k, v in loaded.items()}
         unknown = sorted(set(values) - names)
         if unknown:
-            parser.error(f"--config {path}: unknown options {unknown}")
+            raise OpsftError(f"--config {path}: unknown options {unknown} (see opsft COMMAND --help)")
     values.update({k: v for k, v in args.items() if k in names})
     missing = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING and f.name not in values]
     if missing:
-        parser.error("missing " + ", ".join("--" + m.replace("_", "-") for m in missing))
+        raise OpsftError("missing " + ", ".join("--" + m.replace("_", "-") for m in missing))
     return cls(**values)
 
 

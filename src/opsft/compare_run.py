@@ -10,18 +10,38 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import OpsftError
-from .jobs import option
+from .options import REQUIRED, Options, option
+
+EVAL_KEYS = ("model", "sets", "in_domain_accuracy", "out_of_domain_accuracy")
 
 
 @dataclass
-class CompareConfig:
-    runs: list[str] = field(metadata={"help": "run or eval directories to compare"})
-    out: str = option("runs/compare", "output directory for compare.md, compare.csv and compare.png")
+class CompareConfig(Options):
+    runs: list[str] = option(REQUIRED, "run or eval directories to compare")
+    out: str = option("runs/compare", "output directory for compare.md, compare.csv and compare.png",
+                      output_dir=True)
     names: list[str] | None = option(None, "a label per run (default: the directory names)")
+
+    def rules(self):
+        return [(bool(self.runs), "--runs: name at least one run or eval directory"),
+                (self.names is None or len(self.names) == len(self.runs),
+                 f"--names: one per run ({len(self.runs)}), got {len(self.names or [])}")]
+
+
+def _read_summary(path: Path, keys: tuple[str, ...]) -> dict:
+    """An opsft summary file, checked to hold `keys`; a clear error where it is not one."""
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise OpsftError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
+    missing = [k for k in keys if not isinstance(summary, dict) or k not in summary]
+    if missing:
+        raise OpsftError(f"{path}: not an opsft summary (no {', '.join(missing)})")
+    return summary
 
 
 def _find(directory: Path, filename: str) -> Path | None:
@@ -34,7 +54,7 @@ def _find(directory: Path, filename: str) -> Path | None:
 def collect(directory: Path, name: str) -> dict:
     """One row of the comparison from a run directory."""
     eval_path, train_path = _find(directory, "eval_summary.json"), _find(directory, "train_summary.json")
-    evaluation = json.loads(eval_path.read_text()) if eval_path else None
+    evaluation = _read_summary(eval_path, EVAL_KEYS) if eval_path else None
     if evaluation and train_path is None:  # an eval of <run>/final: the training run is its parent
         model = Path(evaluation.get("adapter") or evaluation["model"])
         for candidate in (model / "train_summary.json", model.parent / "train_summary.json"):
@@ -43,7 +63,7 @@ def collect(directory: Path, name: str) -> dict:
     if evaluation is None and train_path is None:
         raise OpsftError(f"{directory}: no eval_summary.json or train_summary.json (run opsft eval / opsft train "
                          f"into it)")
-    training = json.loads(train_path.read_text()) if train_path else None
+    training = _read_summary(train_path, ("method",)) if train_path else None
     row: dict = {"run": name, "method": training["method"] if training else "base (no training)"}
     if evaluation:
         for group in ("in_domain", "out_of_domain"):
@@ -61,8 +81,6 @@ def collect(directory: Path, name: str) -> dict:
 
 
 def run_compare(config: CompareConfig) -> dict:
-    if config.names and len(config.names) != len(config.runs):
-        raise OpsftError(f"--names: one per run ({len(config.runs)}), got {len(config.names)}")
     names = config.names or [Path(r).name for r in config.runs]
     for r in config.runs:
         if not Path(r).is_dir():

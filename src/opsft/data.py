@@ -10,8 +10,10 @@ message, an assistant turn, is the completion; the rest is the prompt), or any t
 with ``prompt_field``/``completion_field`` (e.g. question/solution), which become a user and an
 assistant message so the tokenizer's chat template renders them.
 
-Every bad row raises a DataError naming the source, the row (1-based; for JSONL the line) and the
-field, unless ``skip_invalid`` is set: then it is counted by reason in ``LoadedData.skipped``.
+Every bad row raises a DataError naming the source, the row (1-based; for JSONL also the line where
+blank lines make it differ) and the field, unless ``skip_invalid`` is set: then it is counted by reason
+in ``LoadedData.skipped``. The shape is taken from the first row that has one, so a bad first row is
+skipped like any other.
 """
 
 from __future__ import annotations
@@ -40,9 +42,14 @@ class Example:
     prompt: str | Messages
     completion: str | Messages
     row: dict[str, Any]  # the source record, written back out with whatever we add to it
-    index: int  # 0-based position among the source's records
+    index: int  # 0-based position among the source's records (its row number is index + 1)
     answer: str | None = None  # the reference final answer, when known
     verify: Callable[[str], float] | None = field(default=None, repr=False)  # the task's own scorer (gym)
+    line: int | None = None  # the line it stands on, for JSONL files
+
+    def error(self, message: str, *, source: str, field: str | None = None, reason: str = "invalid") -> DataError:
+        """A DataError about this example, naming its row (and line)."""
+        return DataError(message, source=source, row=self.index + 1, line=self.line, field=field, reason=reason)
 
 
 @dataclass
@@ -75,23 +82,23 @@ def load_examples(
         records = _read_records(source)
 
     loaded = LoadedData(source=source, shape="", examples=[])
-    for index, row_number, record in _rows(records, source, limit, loaded.skipped if skip_invalid else None):
+    for index, at, record in _rows(records, source, limit, loaded.skipped if skip_invalid else None):
         try:
-            if not loaded.shape:
-                loaded.shape = _detect_shape(record, source, prompt_field, messages_field)
+            shape = loaded.shape or _detect_shape(record, source, at, prompt_field, messages_field)
             prompt, completion = _prompt_and_completion(
-                record, loaded.shape, source, row_number, prompt_field, completion_field, messages_field
+                record, shape, source, at, prompt_field, completion_field, messages_field
             )
             answer = None
             if answer_field is not None:
-                answer = _require(record, answer_field, source, row_number)
+                answer = _require(record, answer_field, source, at)
                 answer = None if answer is None else str(answer)
         except DataError as error:
             if not skip_invalid:
                 raise
             loaded.skipped.append(error)
             continue
-        loaded.examples.append(Example(prompt, completion, record, index, answer, verifiers.get(index)))
+        loaded.shape = shape
+        loaded.examples.append(Example(prompt, completion, record, index, answer, verifiers.get(index), at["line"]))
     if not loaded.examples and not loaded.skipped:
         raise OpsftError(f"{source}: no rows")
     return loaded
@@ -99,10 +106,13 @@ def load_examples(
 
 # ---- reading raw records -------------------------------------------------------------------------
 
-def _read_records(source: str) -> Iterator[tuple[int, Any]]:
-    """(1-based row number, record) pairs; a malformed JSONL line is yielded as a DataError-raising row."""
+def _read_records(source: str) -> Iterator[tuple[int | None, Any]]:
+    """(line number for JSONL files else None, record) pairs; a malformed JSONL line is yielded as a
+    DataError-raising record, so that it is skipped and counted like any other bad row."""
     path = Path(source)
     suffix = path.suffix.lower()
+    if path.is_dir():
+        raise OpsftError(f"{source}: is a directory, not a data file")
     if path.exists():
         if suffix == ".jsonl":
             return _read_jsonl(path)
@@ -111,14 +121,25 @@ def _read_records(source: str) -> Iterator[tuple[int, Any]]:
             data = data.get("data", data) if isinstance(data, dict) else data
             if not isinstance(data, list):
                 raise OpsftError(f"{source}: expected a list of objects (or {{'data': [...]}})")
-            return enumerate(data, start=1)
+            return ((None, record) for record in data)
         if suffix == ".parquet":
+            import pyarrow as pa
             import pyarrow.parquet as pq
 
-            return enumerate(pq.read_table(path).to_pylist(), start=1)
+            try:
+                table = pq.read_table(path)
+            except (pa.ArrowException, OSError) as e:
+                raise OpsftError(f"{source}: not a readable Parquet file ({_first_line(e)})") from None
+            return ((None, record) for record in table.to_pylist())
         if suffix == ".csv":
-            with path.open(newline="", encoding="utf-8") as f:
-                return enumerate(list(csv.DictReader(f)), start=1)
+            try:
+                with path.open(newline="", encoding="utf-8-sig") as f:
+                    rows = list(csv.DictReader(f))
+            except UnicodeDecodeError as e:
+                raise OpsftError(f"{source}: {_not_utf8(e)}") from None
+            except csv.Error as e:
+                raise OpsftError(f"{source}: malformed CSV ({e})") from None
+            return ((None, record) for record in rows)
         raise OpsftError(f"{source}: unsupported file type '{suffix}' (use .jsonl, .json, .parquet or .csv)")
     if suffix in (".jsonl", ".json", ".parquet", ".csv"):
         raise OpsftError(f"{source}: no such file")
@@ -126,28 +147,47 @@ def _read_records(source: str) -> Iterator[tuple[int, Any]]:
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    with path.open(encoding="utf-8") as f:
-        for line_number, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for line_number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if line_number == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                yield line_number, _Raising(DataError(_not_utf8(e), source=str(path), line=line_number,
+                                                      reason="not_utf8"))
+                continue
             if not line.strip():
                 continue
             try:
                 yield line_number, json.loads(line)
             except json.JSONDecodeError as e:
                 yield line_number, _Raising(DataError(f"malformed JSON ({e.msg} at column {e.colno})",
-                                                      source=str(path), row=line_number, reason="malformed_json"))
+                                                      source=str(path), line=line_number, reason="malformed_json"))
 
 
-def _rows(records, source: str, limit: int | None, skipped: list | None) -> Iterator[tuple[int, int, dict]]:
-    """(index, row number, record) of the first `limit` records that are JSON objects; a malformed or
+def _not_utf8(error: UnicodeDecodeError) -> str:
+    return (f"is not UTF-8 text (byte 0x{error.object[error.start]:02x} at position {error.start + 1}); "
+            f"re-save the file as UTF-8")
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _rows(records, source: str, limit: int | None, skipped: list | None) -> Iterator[tuple[int, dict, dict]]:
+    """(index, where {row, line}, record) of the first `limit` records that are JSON objects; a malformed or
     non-object row raises its DataError, or with `skipped` (skip_invalid) is counted there."""
-    for index, (row_number, record) in enumerate(records):
+    for index, (line, record) in enumerate(records):
         if limit is not None and index >= limit:
             break
+        at = {"row": index + 1, "line": line}
         error = record.error if isinstance(record, _Raising) else None
-        if error is None and not isinstance(record, dict):
-            error = DataError("is not an object", source=source, row=row_number, reason="not_an_object")
+        if error is not None:
+            error = DataError(error.message, source=source, field=error.field, reason=error.reason, **at)
+        elif not isinstance(record, dict):
+            error = DataError("is not an object", source=source, reason="not_an_object", **at)
         if error is None:
-            yield index, row_number, record
+            yield index, at, record
         elif skipped is None:
             raise error
         else:
@@ -163,7 +203,9 @@ class _Raising:
 
 def _load_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as e:
+        raise OpsftError(f"{path}: {_not_utf8(e)}") from None
     except json.JSONDecodeError as e:
         raise OpsftError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
 
@@ -187,7 +229,7 @@ def _hub_records(source: str) -> Iterator[tuple[int, Any]]:
             f"{source}: not a file and could not be loaded from the Hugging Face hub "
             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
         ) from None
-    return enumerate(dataset, start=1)
+    return ((None, record) for record in dataset)
 
 
 def _gym_records(source: str, verifiers: dict[int, Callable[[str], float]]) -> Iterator[tuple[int, Any]]:
@@ -210,7 +252,7 @@ def _gym_records(source: str, verifiers: dict[int, Callable[[str], float]]) -> I
     for index, entry in enumerate(dataset):
         verifiers[index] = functools.partial(_score_gym_answer, dataset, entry)
         metadata = entry.get("metadata", {})
-        yield index + 1, {
+        yield None, {
             "question": entry["question"],
             "solution": metadata.get("answer_cot") or entry["answer"],
             "answer": entry["answer"],
@@ -225,76 +267,76 @@ def _score_gym_answer(dataset, entry, answer: str) -> float:
 
 # ---- shapes and validation ------------------------------------------------------------------------
 
-def _detect_shape(record: dict, source: str, prompt_field: str | None, messages_field: str | None) -> str:
+def _detect_shape(record: dict, source: str, at: dict, prompt_field: str | None, messages_field: str | None) -> str:
     if prompt_field is not None:
         return "mapped"
     if messages_field is not None or "messages" in record:
         return "messages"
     if "prompt" in record and "completion" in record:
         return "prompt_completion"
-    raise OpsftError(
-        f"{source}: no 'prompt'/'completion' or 'messages' columns (found {sorted(record)}); "
-        f"map yours with --prompt-field and --completion-field (e.g. question / solution)"
-    )
+    raise DataError(
+        f"has no 'prompt'/'completion' or 'messages' columns (found {sorted(record)}); "
+        f"map yours with --prompt-field and --completion-field (e.g. question / solution)",
+        source=source, reason="unknown_columns", **at)
 
 
-def _prompt_and_completion(record, shape, source, row, prompt_field, completion_field, messages_field):
+def _prompt_and_completion(record, shape, source, at, prompt_field, completion_field, messages_field):
     if shape == "messages":
         name = messages_field or "messages"
-        messages = _messages(_require(record, name, source, row), source, row, name)
+        messages = _messages(_require(record, name, source, at), source, at, name)
         if len(messages) < 2 or messages[-1]["role"] != "assistant":
             raise DataError("needs at least one prompt message and a final assistant message",
-                            source=source, row=row, field=name, reason="no_final_assistant_message")
+                            source=source, **at, field=name, reason="no_final_assistant_message")
         prompt, completion = messages[:-1], messages[-1:]
-        _require_text(completion[0]["content"], source, row, name, "completion")
+        _require_text(completion[0]["content"], source, at, name, "completion")
         return prompt, completion
 
     prompt_name = prompt_field or "prompt"
     completion_name = completion_field or "completion"
-    prompt = _require(record, prompt_name, source, row)
-    completion = _require(record, completion_name, source, row)
+    prompt = _require(record, prompt_name, source, at)
+    completion = _require(record, completion_name, source, at)
     for name, value in ((prompt_name, prompt), (completion_name, completion)):
         if not isinstance(value, (str, list)):
             raise DataError(f"must be a string or a list of messages, got {type(value).__name__}", source=source,
-                            row=row, field=name, reason="invalid_type")
+                            **at, field=name, reason="invalid_type")
     if shape == "mapped":  # a question/solution pair: a user turn and an assistant turn
         prompt = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
         completion = completion if isinstance(completion, list) else [{"role": "assistant", "content": completion}]
     if isinstance(prompt, str) != isinstance(completion, str):
         raise DataError("prompt and completion must both be strings or both be message lists",
-                        source=source, row=row, field=completion_name, reason="mixed_shapes")
+                        source=source, **at, field=completion_name, reason="mixed_shapes")
     if isinstance(prompt, str):
-        _require_text(prompt, source, row, prompt_name, "prompt")
-        _require_text(completion, source, row, completion_name, "completion")
+        _require_text(prompt, source, at, prompt_name, "prompt")
+        _require_text(completion, source, at, completion_name, "completion")
         return prompt, completion
-    prompt = _messages(prompt, source, row, prompt_name)
-    completion = _messages(completion, source, row, completion_name)
+    prompt = _messages(prompt, source, at, prompt_name)
+    completion = _messages(completion, source, at, completion_name)
     if not prompt:
-        raise DataError("is empty", source=source, row=row, field=prompt_name, reason="empty_prompt")
-    _require_text("".join(m["content"] for m in completion), source, row, completion_name, "completion")
+        raise DataError("is empty", source=source, **at, field=prompt_name, reason="empty_prompt")
+    _require_text("".join(m["content"] for m in completion), source, at, completion_name, "completion")
     return prompt, completion
 
 
-def _require(record: dict, name: str, source: str, row: int) -> Any:
+def _require(record: dict, name: str, source: str, at: dict) -> Any:
     if name not in record or record[name] is None:
-        raise DataError("is missing", source=source, row=row, field=name, reason="missing_field")
+        raise DataError("is missing", source=source, **at, field=name, reason="missing_field")
     return record[name]
 
 
-def _require_text(value: Any, source: str, row: int, name: str, role: str) -> None:
+def _require_text(value: Any, source: str, at: dict, name: str, role: str) -> None:
     if not isinstance(value, str):
-        raise DataError(f"must be a string, got {type(value).__name__}", source=source, row=row, field=name,
+        raise DataError(f"must be a string, got {type(value).__name__}", source=source, **at, field=name,
                         reason="invalid_type")
     if not value.strip():
-        raise DataError(f"the {role} is empty", source=source, row=row, field=name, reason=f"empty_{role}")
+        raise DataError(f"the {role} is empty", source=source, **at, field=name, reason=f"empty_{role}")
 
 
-def _messages(value: Any, source: str, row: int, name: str) -> Messages:
+def _messages(value: Any, source: str, at: dict, name: str) -> Messages:
     ok = isinstance(value, list) and all(
         isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
     )
     if not ok:
-        raise DataError("must be a list of {'role': str, 'content': str} messages", source=source, row=row,
+        raise DataError("must be a list of {'role': str, 'content': str} messages", source=source, **at,
                         field=name, reason="invalid_messages")
     return [{"role": m["role"], "content": m["content"]} for m in value]
 
@@ -302,27 +344,27 @@ def _messages(value: Any, source: str, row: int, name: str) -> Messages:
 def load_preferences(source: str, *, limit: int | None = None, skip_invalid: bool = False
                      ) -> tuple[list[dict[str, Any]], list[DataError]]:
     """Rows of TRL's preference shape {prompt, chosen, rejected} (all text, or a message-list prompt with
-    assistant-message answers) plus their 1-based `row` in the source, checked row by row like `load_examples`."""
+    assistant-message answers) plus their 1-based `row` (and JSONL `line`) in the source, checked row by row like `load_examples`."""
     rows, skipped = [], []
-    for _, row_number, record in _rows(_read_records(source), source, limit, skipped if skip_invalid else None):
+    for _, at, record in _rows(_read_records(source), source, limit, skipped if skip_invalid else None):
         try:
-            prompt = _require(record, "prompt", source, row_number)
-            answers = {name: _require(record, name, source, row_number) for name in ("chosen", "rejected")}
+            prompt = _require(record, "prompt", source, at)
+            answers = {name: _require(record, name, source, at) for name in ("chosen", "rejected")}
             if isinstance(prompt, str):
-                _require_text(prompt, source, row_number, "prompt", "prompt")
+                _require_text(prompt, source, at, "prompt", "prompt")
                 for name, value in answers.items():
-                    _require_text(value, source, row_number, name, name)
+                    _require_text(value, source, at, name, name)
             else:
-                prompt = _messages(prompt, source, row_number, "prompt")
+                prompt = _messages(prompt, source, at, "prompt")
                 for name, value in answers.items():
-                    answers[name] = _messages(value, source, row_number, name)
-                    _require_text("".join(m["content"] for m in answers[name]), source, row_number, name, name)
+                    answers[name] = _messages(value, source, at, name)
+                    _require_text("".join(m["content"] for m in answers[name]), source, at, name, name)
         except DataError as error:
             if not skip_invalid:
                 raise
             skipped.append(error)
             continue
-        rows.append({"prompt": prompt, **answers, "row": row_number})
+        rows.append({"prompt": prompt, **answers, **at})
     if not rows and not skipped:
         raise OpsftError(f"{source}: no rows")
     return rows, skipped

@@ -45,4 +45,5 @@ def drift_of(model, records: list[dict], prompts: dict[int, list[int]], *, batch
         "drift": float(means.mean()), "drift_sem": float(means.std(ddof=1) / np.sqrt(len(means))) if len(means) > 1
         else float("nan"), "samples": len(means), "tokens": int(tokens.size),
         "token_phi_mean": float(tokens.mean()) if tokens.size else float("nan"),
+        "empty_samples": sum(not r["tokens"] for r in records),  # no token to score (EOS first): not in the mean
     }

@@ -10,16 +10,24 @@ class OpsftError(Exception):
 class DataError(OpsftError):
     """A problem with one row of a dataset.
 
-    `str(error)` reads ``data.jsonl: row 17: field 'completion': is empty``. `reason` is a short,
-    stable key (``empty_completion``) used to count rows skipped for the same reason.
+    `str(error)` reads ``data.jsonl: row 17: field 'completion': is empty``, or, where the file's line is
+    not the row's number (blank lines in a JSONL file), ``data.jsonl: line 19 (row 17): ...``. `reason` is a
+    short, stable key (``empty_completion``) used to count rows skipped for the same reason.
     """
 
-    def __init__(self, message: str, *, source: str, row: int | None = None, field: str | None = None,
-                 reason: str = "invalid"):
-        self.message, self.source, self.row, self.field, self.reason = message, source, row, field, reason
+    def __init__(self, message: str, *, source: str, row: int | None = None, line: int | None = None,
+                 field: str | None = None, reason: str = "invalid"):
+        self.message, self.source, self.row, self.line = message, source, row, line
+        self.field, self.reason = field, reason
         where = [source]
-        if row is not None:
+        if line is not None and line != row:
+            where.append(f"line {line}" + (f" (row {row})" if row is not None else ""))
+        elif row is not None:
             where.append(f"row {row}")
         if field is not None:
             where.append(f"field '{field}'")
         super().__init__(": ".join(where + [message]))
+
+    def record(self) -> dict:
+        """The skipped row as written to skipped.jsonl and the like."""
+        return {"row": self.row, "line": self.line, "field": self.field, "reason": self.reason, "error": str(self)}

@@ -25,17 +25,16 @@ import gc
 import json
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+import dataclasses
+from dataclasses import asdict, dataclass
 from pathlib import Path
-
-import yaml
 
 from .data import LoadedData, load_examples
 from .drift import drift_of, sample_base
 from .errors import OpsftError
 from .evaluation import accuracy_summary, sample_and_check
 from .generation import SamplingConfig
-from .jobs import option
+from .options import REQUIRED, Options, option, read_yaml, typed
 from .models import adapter_base, load_model
 from .rendering import fitting_prompts, prompt_ids, use_prompt_format
 from .resumable import ResultLog
@@ -47,43 +46,53 @@ DRIFT_OPTIONS = ("data", "base", "prompt_field", "completion_field", "messages_f
 
 
 @dataclass
-class EvalConfig:
-    model: str = field(metadata={"help": "model: alias, directory (a full fine-tune or a LoRA adapter) or hub id"})
+class EvalConfig(Options):
+    model: str = option(REQUIRED, "model: alias, directory (a full fine-tune or a LoRA adapter) or hub id")
     data: str | None = option(None, "one in-domain evaluation set (as for opsft score); or use --suite")
     suite: str | None = option(None, "YAML file naming in_domain / out_of_domain sets (and drift)")
     adapter: str | None = option(None, "a LoRA adapter directory to merge into --model")
-    out: str = option("runs/eval", "output directory (a rerun resumes in it)")
+    out: str = option("runs/eval", "output directory (a rerun resumes in it)", output_dir=True)
     prompt_field: str | None = option(None, "column holding the question")
     completion_field: str | None = option(None, "column holding the reference solution or answer")
     messages_field: str | None = option(None, "column holding a message list")
     answer_field: str | None = option(None, "column holding the reference final answer (default: extracted "
                                               "from the solution)")
-    limit: int | None = option(None, "evaluate the first N problems of each set")
+    limit: int | None = option(None, "evaluate the first N problems of each set", at_least=1)
     skip_invalid: bool = option(False, "skip bad rows (counted by reason) instead of stopping at the first")
     prompt_format: str | None = option(None, "how message prompts are rendered: chat (the model's template) or "
                                               "plain ('User: ...'); required for a model with no chat template",
                                        choices=["chat", "plain"])
-    k: int = option(1, "samples per problem: accuracy is avg@k, and pass@k is reported")
-    temperature: float = option(0.0, "sampling temperature (0: greedy, needs k = 1)")
-    top_p: float = option(1.0, "nucleus kept before sampling")
-    max_new_tokens: int = option(512, "length cap of an answer")
-    max_length: int = option(2048, "token limit of prompt + answer")
-    repeat_window: int = option(0, "stop an answer when a window of this many tokens (0: never) ...")
-    repeat_count: int = option(5, "... has occurred this many times")
-    seed: int = option(0, "sampling seed (each problem and sample draws from its own generator)")
-    batch_size: int = option(32, "sequences generated together")
+    k: int = option(1, "samples per problem: accuracy is avg@k, and pass@k is reported", at_least=1)
+    temperature: float = option(0.0, "sampling temperature (0: greedy, needs k = 1)", at_least=0)
+    top_p: float = option(1.0, "nucleus kept before sampling", above=0, at_most=1)
+    max_new_tokens: int = option(512, "length cap of an answer", at_least=1)
+    max_length: int = option(2048, "token limit of prompt + answer", at_least=2)
+    repeat_window: int = option(0, "stop an answer when a window of this many tokens (0: never) ...", at_least=0)
+    repeat_count: int = option(5, "... has occurred this many times", at_least=2)
+    seed: int = option(0, "sampling seed (each problem and sample draws from its own generator)", at_least=0)
+    batch_size: int = option(32, "sequences generated together", at_least=1)
     drift_data: str | None = option(None, "prompts for the drift measure (their completions are not used)")
     drift_base: str | None = option(None, "base model for the drift measure (default: the adapter's base)")
-    drift_samples: int = option(1, "base samples per drift prompt")
-    drift_limit: int | None = option(64, "drift prompts used (the first N)")
-    drift_max_new_tokens: int = option(256, "length cap of a base sample")
-    device: str | None = option(None, "cuda / cpu (default: cuda when available)")
+    drift_samples: int = option(1, "base samples per drift prompt", at_least=1)
+    drift_limit: int | None = option(64, "drift prompts used (the first N)", at_least=1)
+    drift_max_new_tokens: int = option(256, "length cap of a base sample", at_least=1)
+    device: str | None = option(None, "cuda / cpu (default: cuda when available)", device=True)
     overwrite: bool = option(False, "discard an earlier run in --out instead of resuming")
     progress: bool = option(True, "show progress bars")
 
+    def rules(self):
+        return [greedy_rule(self.temperature, self.k, "--temperature", "--k"),
+                (self.data is None or self.suite is None, "give --data or --suite, not both")]
+
+
+def greedy_rule(temperature: float, k: int, temperature_name: str, k_name: str) -> tuple[bool, str]:
+    return (temperature > 0 or k == 1,
+            f"greedy decoding (temperature 0) gives one answer per problem: use {k_name} 1, or "
+            f"{temperature_name} > 0 for {k} samples")
+
 
 @dataclass
-class EvalSet:
+class EvalSet(Options):
     name: str
     group: str
     data: str
@@ -91,15 +100,25 @@ class EvalSet:
     completion_field: str | None = None
     messages_field: str | None = None
     answer_field: str | None = None
-    limit: int | None = None
-    k: int = 1
-    temperature: float = 0.0
-    top_p: float = 1.0
-    max_new_tokens: int = 512
+    limit: int | None = option(None, at_least=1)
+    k: int = option(1, at_least=1)
+    temperature: float = option(0.0, at_least=0)
+    top_p: float = option(1.0, above=0, at_most=1)
+    max_new_tokens: int = option(512, at_least=1)
+
+    def flag(self, name: str) -> str:
+        return name  # a suite's key
+
+    def rules(self):
+        return [greedy_rule(self.temperature, self.k, "temperature", "k")]
 
     def sampling(self, config: EvalConfig) -> SamplingConfig:
         return SamplingConfig(temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens,
                               repeat_window=config.repeat_window, repeat_count=config.repeat_count)
+
+
+DRIFT_TYPES = {"data": str, "base": str, "prompt_field": str | None, "completion_field": str | None,
+               "messages_field": str | None, "limit": int | None}
 
 
 def eval_sets(config: EvalConfig) -> tuple[list[EvalSet], dict]:
@@ -112,12 +131,18 @@ def eval_sets(config: EvalConfig) -> tuple[list[EvalSet], dict]:
     if config.suite is None:
         raise OpsftError("give --data (one evaluation set) or --suite (a YAML file of sets)")
     path = Path(config.suite)
-    if not path.is_file():
-        raise OpsftError(f"--suite {path}: no such file")
-    suite = yaml.safe_load(path.read_text()) or {}
+    return suite_sets(read_yaml(path, "--suite") or {}, path, defaults)
+
+
+def suite_sets(suite, path: Path, defaults: dict | None = None) -> tuple[list[EvalSet], dict]:
+    """A suite's sets and drift section, checked; `path` is where the suite file is (or will be) written:
+    relative data files are found as given or beside it. `defaults`: the set options not given in the suite
+    (default: opsft eval's defaults)."""
+    if defaults is None:
+        defaults = {f.name: f.default for f in dataclasses.fields(EvalConfig) if f.name in SET_OPTIONS}
     unknown = set(suite) - {*GROUPS, "drift"} if isinstance(suite, dict) else {"(not a mapping)"}
     if unknown:
-        raise OpsftError(f"{path}: unknown sections {sorted(unknown)} (use {', '.join(GROUPS)}, drift)")
+        raise OpsftError(f"{path}: unknown sections {sorted(map(str, unknown))} (use {', '.join(GROUPS)}, drift)")
     sets = []
     for group in GROUPS:
         entries = suite.get(group) or {}
@@ -125,13 +150,17 @@ def eval_sets(config: EvalConfig) -> tuple[list[EvalSet], dict]:
             raise OpsftError(f"{path}: {group}: expected a mapping of set name: data (or {{data: ..., options}})")
         for name, entry in entries.items():
             entry = {"data": entry} if isinstance(entry, str) else entry
-            if not isinstance(entry, dict) or "data" not in entry:
-                raise OpsftError(f"{path}: {group}.{name}: needs 'data'")
+            if not isinstance(entry, dict) or not isinstance(entry.get("data"), str):
+                raise OpsftError(f"{path}: {group}.{name}: needs 'data' (a file or data source)")
             bad = set(entry) - {"data", *SET_OPTIONS}
             if bad:
-                raise OpsftError(f"{path}: {group}.{name}: unknown options {sorted(bad)}")
+                raise OpsftError(f"{path}: {group}.{name}: unknown options {sorted(map(str, bad))} "
+                                 f"(a set takes {', '.join(SET_OPTIONS)})")
             entry = {**entry, "data": _beside(path, entry["data"], f"{group}.{name}")}
-            sets.append(EvalSet(str(name), group, **{**defaults, **entry}))
+            try:
+                sets.append(EvalSet(str(name), group, **{**defaults, **entry}))
+            except OpsftError as e:
+                raise OpsftError(f"{path}: {group}.{name}: {e}") from None
     if not sets:
         raise OpsftError(f"{path}: names no evaluation set (add {GROUPS[0]}: or {GROUPS[1]}:)")
     names = [s.name for s in sets]
@@ -140,6 +169,9 @@ def eval_sets(config: EvalConfig) -> tuple[list[EvalSet], dict]:
     drift = suite.get("drift") or {}
     if not isinstance(drift, dict) or set(drift) - set(DRIFT_OPTIONS):
         raise OpsftError(f"{path}: drift: expected a mapping of {', '.join(DRIFT_OPTIONS)}")
+    drift = {key: typed(value, DRIFT_TYPES[key], f"{path}: drift.{key}") for key, value in drift.items()}
+    if drift.get("limit") is not None and drift["limit"] < 1:
+        raise OpsftError(f"{path}: drift.limit must be >= 1 (got {drift['limit']})")
     if "data" in drift:
         drift = {**drift, "data": _beside(path, drift["data"], "drift")}
     return sets, drift
@@ -164,25 +196,8 @@ def _set_name(data: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(data.split("?")[0].removeprefix("gym:")).stem) or "set"
 
 
-def _check(config: EvalConfig, sets: list[EvalSet]) -> None:
-    for s in sets:
-        where = f"set '{s.name}': " if config.suite else ""
-        if s.k < 1:
-            raise OpsftError(f"{where}k must be >= 1 (got {s.k})")
-        if s.temperature < 0 or not 0 < s.top_p <= 1:
-            raise OpsftError(f"{where}temperature must be >= 0 and top_p in (0, 1]")
-        if s.temperature == 0 and s.k > 1:
-            raise OpsftError(f"{where}greedy decoding (temperature 0) gives one answer per problem: use k = 1, "
-                             f"or a temperature > 0 for k = {s.k} samples")
-        if s.max_new_tokens < 1:
-            raise OpsftError(f"{where}max_new_tokens must be >= 1")
-    if config.drift_samples < 1:
-        raise OpsftError("--drift-samples must be >= 1")
-
-
 def run_eval(config: EvalConfig) -> dict:
     sets, drift_section = eval_sets(config)
-    _check(config, sets)
     drift_set = {"data": config.drift_data, "base": config.drift_base, "limit": config.drift_limit,
                  **{name: getattr(config, name) for name in ("prompt_field", "completion_field", "messages_field")},
                  **drift_section}
@@ -199,9 +214,9 @@ def run_eval(config: EvalConfig) -> dict:
 
         hf_logging.disable_progress_bar()
 
-    drift_prompts, drift_records = {}, []
+    drift_prompts, drift_records, drift_input = {}, [], {}
     if drift_set["data"]:
-        drift_prompts, drift_records = _base_samples(config, drift_set, out)
+        drift_prompts, drift_records, drift_input = _base_samples(config, drift_set, out)
 
     model, tokenizer = load_model(config.model, adapter=config.adapter, device=config.device)
     has_messages = any(isinstance(e.prompt, list) for data in loaded.values() for e in data.examples)
@@ -211,7 +226,7 @@ def run_eval(config: EvalConfig) -> dict:
         results[s.name] = _evaluate_set(s, loaded[s.name], model, tokenizer, config, out, rendering)
     drift = None
     if drift_set["data"]:
-        drift = {"data": drift_set["data"], "base": drift_set["base"],
+        drift = {"data": drift_set["data"], "base": drift_set["base"], **drift_input,
                  **drift_of(model, drift_records, drift_prompts, batch_size=config.batch_size)}
         (out / "drift" / "drift.json").write_text(json.dumps(drift, indent=2) + "\n")
     summary = {
@@ -263,13 +278,17 @@ def _evaluate_set(s: EvalSet, data: LoadedData, model, tokenizer, config: EvalCo
               "max_new_tokens": s.max_new_tokens,
               **accuracy_summary([[sample["correct"] for sample in r["samples"]] for r in records]),
               "finish_reasons": dict(Counter(sample["finish_reason"] for r in records for sample in r["samples"])),
+              "rows_read": len(data.examples) + len(data.skipped),
               "skipped": dict(Counter(e.reason for e in skipped))}
+    with (directory / "skipped.jsonl").open("w") as f:
+        f.writelines(json.dumps(e.record()) + "\n" for e in skipped)
     return result
 
 
 def _base_samples(config: EvalConfig, drift: dict, out: Path):
-    """The base model's own samples on the drift prompts (logged, resumable); the base is freed after.
-    `drift`: the drift set (DRIFT_OPTIONS), the suite's section over the command's options."""
+    """The base model's own samples on the drift prompts (logged, resumable), and what was read of the prompts:
+    {rows_read, prompts, skipped: {reason: count}}; the base is freed after. `drift`: the drift set
+    (DRIFT_OPTIONS), the suite's section over the command's options."""
     data, base = drift["data"], drift["base"]
     loaded = load_examples(data, prompt_field=drift["prompt_field"], completion_field=drift["completion_field"],
                            messages_field=drift["messages_field"], limit=drift["limit"],
@@ -277,7 +296,11 @@ def _base_samples(config: EvalConfig, drift: dict, out: Path):
     model, tokenizer = load_model(base, device=config.device)
     rendering = use_prompt_format(tokenizer, config.prompt_format, base,
                                   any(isinstance(e.prompt, list) for e in loaded.examples))
-    prompts = _prompts(loaded.examples, tokenizer, config.drift_max_new_tokens, config, data, [])
+    skipped = list(loaded.skipped)
+    prompts = _prompts(loaded.examples, tokenizer, config.drift_max_new_tokens, config, data, skipped)
+    if not prompts:
+        raise OpsftError(f"{data}: no drift prompt left ({len(skipped)} skipped: "
+                         f"{dict(Counter(e.reason for e in skipped))})")
     settings = {"base": base, "data": data, "limit": drift["limit"], "samples": config.drift_samples,
                 "max_new_tokens": config.drift_max_new_tokens, "seed": config.seed, "prompt_format": rendering,
                 "prompts": {str(i): p for i, p in prompts.items()}}
@@ -286,7 +309,11 @@ def _base_samples(config: EvalConfig, drift: dict, out: Path):
                 seed=config.seed, batch_size=config.batch_size, log=log)
     del model
     gc.collect()
-    return prompts, log.records()
+    with (out / "drift" / "skipped.jsonl").open("w") as f:
+        f.writelines(json.dumps(e.record()) + "\n" for e in skipped)
+    read = {"rows_read": len(loaded.examples) + len(loaded.skipped), "prompts": len(prompts),
+            "skipped": dict(Counter(e.reason for e in skipped))}
+    return prompts, log.records(), read
 
 
 def _macro(results: dict, group: str) -> float | None:

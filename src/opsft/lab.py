@@ -23,13 +23,14 @@ import math
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
 
 from .errors import OpsftError
-from .jobs import option
+from .locking import LOCK_FILE
+from .options import Options, option
 
 METHODS = {  # method -> (loss, training data)
     "sft": ("sft", "raw"), "dft": ("dft", "raw"), "idft": ("idft", "raw"), "iwsft": ("iwsft", "raw"),
@@ -71,10 +72,10 @@ PROFILES = {
 
 
 @dataclass
-class LabConfig:
+class LabConfig(Options):
     profile: str = option("quick", "tiny (CI plumbing check), quick (default, ~20 min here) or full",
                           choices=list(PROFILES))
-    out: str = option("runs/lab", "lab directory (a rerun reuses finished stages)")
+    out: str = option("runs/lab", "lab directory (a rerun reuses finished stages)", output_dir=True)
     model: str | None = option(None, "base model (default: the profile's; tiny builds a random one)")
     train_data: str | None = option(None, "training data (reference solutions), any source opsft reads")
     prompt_field: str | None = option(None, "training data: column holding the question")
@@ -82,46 +83,53 @@ class LabConfig:
     rationale: str | None = option(None, "gym chain_sum training solutions: running_sums (a terse worked "
                                           "rationale, not the model's style) or task (the bare answer)",
                                    choices=["running_sums", "task"])
-    in_domain: dict | None = field(default=None, metadata={"help": "in-domain sets {name: data} (YAML only)",
-                                                           "yaml_only": True})
-    out_of_domain: dict | None = field(default=None, metadata={"help": "out-of-domain sets (YAML only)",
-                                                               "yaml_only": True})
-    drift_data: str | None = option(None, "prompts for the drift measure (in YAML also {data: ..., prompt_field: "
-                                          "..., ...} as a suite's drift section)")
-    methods: list[str] | None = option(None, "methods to train: " + ", ".join(METHODS))
-    seeds: list[int] | None = option(None, "training seeds (each method is trained once per seed)")
-    token_budget: int | None = option(None, "training tokens per method (steps = budget / tokens per step)")
-    batch_size: int | None = option(None, "training examples (or pairs) per step")
+    in_domain: dict | None = option(None, "in-domain sets {name: data} (YAML only)", yaml_only=True)
+    out_of_domain: dict | None = option(None, "out-of-domain sets (YAML only)", yaml_only=True)
+    drift_data: str | dict | None = option(None, "prompts for the drift measure (in YAML also {data: ..., "
+                                                 "prompt_field: ..., ...} as a suite's drift section)")
+    methods: list[str] | None = option(None, "methods to train: " + ", ".join(METHODS), choices=list(METHODS))
+    seeds: list[int] | None = option(None, "training seeds (each method is trained once per seed)", at_least=0)
+    token_budget: int | None = option(None, "training tokens per method (steps = budget / tokens per step)",
+                                      at_least=1)
+    batch_size: int | None = option(None, "training examples (or pairs) per step", at_least=1)
     lora: bool | None = option(None, "LoRA instead of full fine-tuning")
-    learning_rate: float | None = option(None, "learning rate for every method (default: each method's own)")
-    eval_max_new_tokens: int | None = option(None, "length cap of an evaluated answer")
-    realign_max_new_tokens: int | None = option(None, "length cap of a rewrite")
-    drift_max_new_tokens: int | None = option(None, "length cap of a base sample for the drift measure")
-    prefs_k: int | None = option(None, "samples per prompt for DPO/SimPO pairs")
+    learning_rate: float | None = option(None, "learning rate for every method (default: each method's own)",
+                                         above=0)
+    eval_max_new_tokens: int | None = option(None, "length cap of an evaluated answer", at_least=1)
+    realign_max_new_tokens: int | None = option(None, "length cap of a rewrite", at_least=1)
+    drift_max_new_tokens: int | None = option(None, "length cap of a base sample for the drift measure", at_least=1)
+    prefs_k: int | None = option(None, "samples per prompt for DPO/SimPO pairs", at_least=1)
     realign_require_correct: bool | None = option(None, "keep only rewrites with the right answer")
     realign_require_eos: bool | None = option(None, "keep only rewrites that ended on their own")
     overwrite: bool = option(False, "discard an earlier lab in --out")
     progress: bool = option(True, "show progress bars")
 
+    def rules(self):
+        return [(self.seeds is None or len(self.seeds) > 0, "--seeds: give at least one seed"),
+                (self.methods is None or len(self.methods) > 0, "--methods: give at least one method"),
+                ((self.prompt_field is None) == (self.completion_field is None),
+                 "--prompt-field and --completion-field go together: give both or neither")]
+
     def resolved(self) -> dict:
         """The profile's settings with every option given here put over them."""
         settings = dict(PROFILES[self.profile])
         settings.update({k: v for k, v in asdict(self).items() if v is not None and k in settings})
-        unknown = sorted(set(settings["methods"]) - set(METHODS))
-        if unknown:
-            raise OpsftError(f"unknown methods {unknown}: choose from {', '.join(METHODS)}")
-        if settings["token_budget"] <= 0 or settings["batch_size"] <= 0 or not settings["seeds"]:
-            raise OpsftError("--token-budget and --batch-size must be > 0, and --seeds non-empty")
         return {**settings, "prompt_field": self.prompt_field, "completion_field": self.completion_field,
                 "profile": self.profile}
 
 
 class Lab:
     def __init__(self, config: LabConfig):
+        from .eval_run import suite_sets
+
         self.config, self.settings = config, config.resolved()
         self.out = Path(config.out)
+        # the test sets and drift prompts are checked now, not after the first stages have run
+        suite_sets(eval_suite(self.settings, self.settings["model"]), self.out / "data" / "suite.yaml")
         if config.overwrite and self.out.exists():
-            shutil.rmtree(self.out)
+            for path in self.out.iterdir():  # all but the lock this run holds (locking.py)
+                if path.name != LOCK_FILE:
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
         self.out.mkdir(parents=True, exist_ok=True)
         saved = self.out / "lab_config.json"
         if saved.exists() and json.loads(saved.read_text()) != json.loads(json.dumps(self.settings)):

@@ -25,55 +25,39 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import OpsftError
+from .options import Options, option
 
 METHODS = ("sft", "dft", "idft", "idft_legacy", "iwsft", "sftq")
 
 
-def _option(default, help_text, **extra):
-    return field(default=default, metadata={"help": help_text, **extra})
-
-
 @dataclass
-class LossConfig:
+class LossConfig(Options):
     """The loss and its options (SPEC §2 defaults); the field names are the command-line flags."""
 
-    loss: str = _option("sft", "loss: " + ", ".join(METHODS), choices=list(METHODS))
-    idft_beta: float = _option(1.0, "IDFT beta: gamma from exp(-phi / beta)")
-    idft_gamma_min: float = _option(0.1, "IDFT lower clamp of exp(-phi / beta)")
-    idft_gamma_max: float = _option(2.0, "IDFT upper clamp of exp(-phi / beta)")
-    idft_warmup_ratio: float = _option(0.0, "IDFT: share of training with lam = 0 (DFT)")
-    idft_transition_ratio: float = _option(0.0, "IDFT: share of training over which lam rises to 1")
-    iw_level: str = _option("sequence", "iw-SFT weight per sequence or per token", choices=["sequence", "token"])
-    iw_kappa: float = _option(1.0, "iw-SFT (sequence): exp(kappa * mean log ratio)")
-    iw_w_max: float = _option(16.0, "iw-SFT (sequence): largest weight")
-    iw_clip_low: float = _option(0.2, "iw-SFT (token): lower clip of the ratio")
-    iw_clip_high: float = _option(1.8, "iw-SFT (token): upper clip of the ratio")
-    quality_mode: str = _option("weight", "SFT(Q): weight tokens by quality, or sample examples in proportion "
-                                          "to it", choices=["weight", "sample"])
+    loss: str = option("sft", "loss: " + ", ".join(METHODS), choices=list(METHODS))
+    idft_beta: float = option(1.0, "IDFT beta: gamma from exp(-phi / beta)", above=0)
+    idft_gamma_min: float = option(0.1, "IDFT lower clamp of exp(-phi / beta)", at_least=0)
+    idft_gamma_max: float = option(2.0, "IDFT upper clamp of exp(-phi / beta)", at_least=0)
+    idft_warmup_ratio: float = option(0.0, "IDFT: share of training with lam = 0 (DFT)", at_least=0, at_most=1)
+    idft_transition_ratio: float = option(0.0, "IDFT: share of training over which lam rises to 1", at_least=0,
+                                          at_most=1)
+    iw_level: str = option("sequence", "iw-SFT weight per sequence or per token", choices=["sequence", "token"])
+    iw_kappa: float = option(1.0, "iw-SFT (sequence): exp(kappa * mean log ratio)", at_least=0)
+    iw_w_max: float = option(16.0, "iw-SFT (sequence): largest weight", above=0)
+    iw_clip_low: float = option(0.2, "iw-SFT (token): lower clip of the ratio", at_least=0)
+    iw_clip_high: float = option(1.8, "iw-SFT (token): upper clip of the ratio", above=0)
+    quality_mode: str = option("weight", "SFT(Q): weight tokens by quality, or sample examples in proportion "
+                                         "to it", choices=["weight", "sample"])
 
-    def validate(self) -> None:
-        """Raise an OpsftError that says what to change."""
-        if self.loss not in METHODS:
-            raise OpsftError(f"unknown loss '{self.loss}': choose one of {', '.join(METHODS)}")
-        checks = [
-            (self.idft_beta > 0, f"--idft-beta must be > 0 (got {self.idft_beta})"),
+    def rules(self):
+        return [
             (self.idft_gamma_min <= self.idft_gamma_max,
              f"need --idft-gamma-min <= --idft-gamma-max (got {self.idft_gamma_min} > {self.idft_gamma_max})"),
-            (self.idft_gamma_min >= 0, f"--idft-gamma-min must be >= 0 (got {self.idft_gamma_min})"),
-            (0 <= self.idft_warmup_ratio and 0 <= self.idft_transition_ratio
-             and self.idft_warmup_ratio + self.idft_transition_ratio <= 1,
-             "need --idft-warmup-ratio, --idft-transition-ratio >= 0 with a sum <= 1"),
-            (self.iw_level in ("sequence", "token"), f"--iw-level must be sequence or token (got {self.iw_level})"),
-            (self.iw_w_max > 0, f"--iw-w-max must be > 0 (got {self.iw_w_max})"),
-            (0 <= self.iw_clip_low <= self.iw_clip_high,
-             f"need 0 <= --iw-clip-low <= --iw-clip-high (got {self.iw_clip_low}, {self.iw_clip_high})"),
-            (self.quality_mode in ("weight", "sample"),
-             f"--quality-mode must be weight or sample (got {self.quality_mode})"),
+            (self.idft_warmup_ratio + self.idft_transition_ratio <= 1,
+             "need --idft-warmup-ratio + --idft-transition-ratio <= 1 (shares of training)"),
+            (self.iw_clip_low <= self.iw_clip_high,
+             f"need --iw-clip-low <= --iw-clip-high (got {self.iw_clip_low}, {self.iw_clip_high})"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise OpsftError(message)
 
     @property
     def needs_reference(self) -> bool:
@@ -149,7 +133,7 @@ def token_weights(config: LossConfig, log_probs: torch.Tensor, entropy: torch.Te
             raise ValueError("SFT(Q) needs per-example quality scores")
         weights = quality.to(log_p.dtype)[:, None].expand_as(log_p)
     else:
-        raise OpsftError(f"unknown loss '{method}'")
+        raise ValueError(f"unknown loss '{method}'")  # LossConfig allows only METHODS
     return TokenWeights(weights * mask, {k: v.detach() for k, v in stats.items()})
 
 

@@ -96,10 +96,16 @@ def load_model(name: str, *, adapter: str | None = None, device: str | torch.dev
     dtype = dtype or default_dtype(device)
     path = resolve_model(name)
     if Path(path).is_dir():
+        if not (Path(path) / "config.json").is_file():
+            raise OpsftError(f"model '{name}': {path} is not a model directory (no config.json; a model saved with "
+                             f"save_pretrained, or a LoRA adapter with adapter_config.json)")
         try:
             model, tokenizer = _from_pretrained(path, dtype)
-        except OSError as e:
-            raise OpsftError(f"model '{name}': could not be loaded from {path} ({e})") from None
+        except (OSError, ValueError, KeyError) as e:  # no tokenizer, unknown architecture, broken files
+            raise OpsftError(f"model '{name}': could not be loaded from {path} "
+                             f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
+    elif Path(path).exists():
+        raise OpsftError(f"model '{name}': is a file, not a model directory, a built-in alias or a hub id")
     else:
         model, tokenizer = _from_hub(name, dtype)
     if adapter is not None:
@@ -124,12 +130,15 @@ def _from_pretrained(path: str, dtype: torch.dtype, **kwargs):
 def _from_hub(name: str, dtype: torch.dtype):
     """From the local Hugging Face cache if it is there, else downloaded; a clear error, fast, if neither."""
     import huggingface_hub
-    from huggingface_hub.errors import RepositoryNotFoundError
+    from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
 
     try:
         return _from_pretrained(name, dtype, local_files_only=True)
     except OSError:
         pass
+    except HFValidationError as e:  # not even a valid hub id ("a/b/c", "x/y.jsonl" that does not exist, ...)
+        raise OpsftError(f"unknown model '{name}': not a built-in alias ({', '.join(BUILTIN_MODELS)}), not a local "
+                         f"directory, and not a hub id ({str(e).strip().splitlines()[0]})") from None
     unknown = f"unknown model '{name}': not a built-in alias ({', '.join(BUILTIN_MODELS)}), not a local directory"
     if huggingface_hub.constants.HF_HUB_OFFLINE:
         raise OpsftError(f"{unknown}, and not in the Hugging Face cache (HF_HUB_OFFLINE is set)")

@@ -14,16 +14,20 @@ fine-tuning and 5e-6 with LoRA (DPO and SimPO are run with far smaller rates tha
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import math
+from pathlib import Path
 
 import datasets
 import numpy as np
 
+from .checkpoints import TrainingRun
 from .data import load_preferences
 from .errors import DataError, OpsftError
 from .models import load_model
 from .rendering import prompt_fills_max_length, prompt_format, render_plain, text_of, tokenize_example
-from .train_run import TrainConfig, check_training_options, lora_config, train_and_save, trainer_arguments
+from .train_run import TrainConfig, lora_config, train_and_save, trl_arguments
 
 DEFAULT_LEARNING_RATE = (5e-6, 5e-7)  # (with LoRA, full fine-tuning)
 
@@ -32,10 +36,15 @@ def run_preference_train(config: TrainConfig, *, callbacks=None) -> dict:
     from trl import DPOConfig, DPOTrainer
     from trl.experimental.cpo import CPOConfig, CPOTrainer
 
-    check_training_options(config)
-    if config.dpo_beta <= 0 or config.simpo_beta <= 0:
-        raise OpsftError("--dpo-beta and --simpo-beta must be > 0")
+    if config.loss == "dpo":
+        args = trl_arguments(config, DPOConfig, default_lr=DEFAULT_LEARNING_RATE, max_length=config.max_length,
+                             beta=config.dpo_beta)
+    else:
+        args = trl_arguments(config, CPOConfig, default_lr=DEFAULT_LEARNING_RATE, max_length=config.max_length,
+                             loss_type="simpo", cpo_alpha=0.0, beta=config.simpo_beta, simpo_gamma=config.simpo_gamma,
+                             remove_unused_columns=False)
     rows, skipped = load_preferences(config.data, limit=config.limit, skip_invalid=config.skip_invalid)
+    rows_read = len(rows) + len(skipped)
     if not rows:
         raise OpsftError(f"{config.data}: no preference pair left to train on ({len(skipped)} skipped)")
     if not config.progress:
@@ -48,22 +57,27 @@ def run_preference_train(config: TrainConfig, *, callbacks=None) -> dict:
     if not rows:
         raise OpsftError(f"{config.data}: no preference pair fits --max-length {config.max_length} "
                          f"({len(skipped)} skipped)")
-    rows = [{k: v for k, v in row.items() if k != "row"} for row in rows]
+    rows = [{k: v for k, v in row.items() if k not in ("row", "line")} for row in rows]
     if prompt_format(tokenizer) == "plain":  # no chat template: message lists become the plain format
         rows = [_as_plain(row) for row in rows]
-    arguments = trainer_arguments(config, model, default_lr=DEFAULT_LEARNING_RATE)
+    peft_config = lora_config(config, model)
+    run = TrainingRun.claim(Path(config.output_dir), config, inputs_sha256=_rows_sha256(rows))
+    if run.finished is not None:
+        return run.finished
     if config.loss == "dpo":
-        args = DPOConfig(max_length=config.max_length, beta=config.dpo_beta, **arguments)
         trainer = DPOTrainer(model=model, ref_model=None if config.lora else copy.deepcopy(model), args=args,
                              train_dataset=datasets.Dataset.from_list(rows), processing_class=tokenizer,
-                             peft_config=lora_config(config), callbacks=callbacks)
+                             peft_config=peft_config, callbacks=callbacks)
     else:
-        args = CPOConfig(max_length=config.max_length, loss_type="simpo", cpo_alpha=0.0, beta=config.simpo_beta,
-                         simpo_gamma=config.simpo_gamma, remove_unused_columns=False, **arguments)
         trainer = CPOTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(rows),
-                             processing_class=tokenizer, peft_config=lora_config(config), callbacks=callbacks)
-    return train_and_save(trainer, config, tokenizer, examples=len(rows), skipped=skipped, truncated=truncated,
-                          tokens_per_example=mean_tokens)
+                             processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
+    return train_and_save(trainer, run, config, tokenizer, examples=len(rows), skipped=skipped, rows_read=rows_read,
+                          truncated=truncated, tokens_per_example=mean_tokens)
+
+
+def _rows_sha256(rows: list[dict]) -> str:
+    """sha256 of the pairs as they are handed to TRL: other data or another rendering changes it."""
+    return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
 
 
 def _as_plain(row: dict) -> dict:
@@ -84,7 +98,7 @@ def fit_pairs(rows: list[dict], tokenizer, max_length: int, *, source: str, skip
         (chosen, start), (rejected, _) = (tokenize_example(row["prompt"], row[side], tokenizer)
                                           for side in ("chosen", "rejected"))
         if start >= max_length:
-            error = prompt_fills_max_length(start, max_length, source=source, row=row["row"])
+            error = prompt_fills_max_length(start, max_length, source=source, row=row["row"], line=row["line"])
             if not skip_invalid:
                 raise error
             skipped.append(error)

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import OpsftError
 from .evaluation import completion_text, sample_and_check
 from .generation import SamplingConfig
-from .jobs import option
+from .options import REQUIRED, Options, option
 from .data import load_examples
 from .models import load_model
 from .rendering import fitting_prompts, prompt_ids, render_plain, use_prompt_format
@@ -33,32 +33,33 @@ CHOSEN_RULES = ("sample", "sample_or_reference", "reference")
 
 
 @dataclass
-class PrefsConfig:
-    model: str = field(metadata={"help": "model whose own samples are paired (alias, directory or hub id)"})
-    data: str = field(metadata={"help": "prompts with reference solutions (as for opsft score)"})
-    out: str = option("runs/prefs", "output directory (a rerun resumes in it)")
+class PrefsConfig(Options):
+    model: str = option(REQUIRED, "model whose own samples are paired (alias, directory or hub id)")
+    data: str = option(REQUIRED, "prompts with reference solutions (as for opsft score)")
+    out: str = option("runs/prefs", "output directory (a rerun resumes in it)", output_dir=True)
     prompt_field: str | None = option(None, "column holding the question")
     completion_field: str | None = option(None, "column holding the reference solution")
     messages_field: str | None = option(None, "column holding a message list")
     answer_field: str | None = option(None, "column holding the reference final answer")
-    limit: int | None = option(None, "use the first N prompts")
+    limit: int | None = option(None, "use the first N prompts", at_least=1)
     skip_invalid: bool = option(False, "skip bad rows (counted by reason) instead of stopping at the first")
     prompt_format: str | None = option(None, "chat or plain (required for a model with no chat template)",
                                        choices=["chat", "plain"])
-    k: int = option(4, "samples per prompt")
-    temperature: float = option(1.0, "sampling temperature (> 0)")
-    top_p: float = option(1.0, "nucleus kept before sampling")
-    max_new_tokens: int = option(512, "length cap of a sample")
-    max_length: int = option(2048, "token limit of prompt + sample (a longer prompt is an error, or skipped)")
-    repeat_window: int = option(0, "stop a sample when a window of this many tokens (0: never) ...")
-    repeat_count: int = option(5, "... has occurred this many times")
+    k: int = option(4, "samples per prompt", at_least=1)
+    temperature: float = option(1.0, "sampling temperature (> 0: pairs need different samples)", above=0)
+    top_p: float = option(1.0, "nucleus kept before sampling", above=0, at_most=1)
+    max_new_tokens: int = option(512, "length cap of a sample", at_least=1)
+    max_length: int = option(2048, "token limit of prompt + sample (a longer prompt is an error, or skipped)",
+                             at_least=2)
+    repeat_window: int = option(0, "stop a sample when a window of this many tokens (0: never) ...", at_least=0)
+    repeat_count: int = option(5, "... has occurred this many times", at_least=2)
     chosen: str = option("sample_or_reference", "what is chosen: a correct sample, else the reference "
                                                 "(sample_or_reference), only samples, or the reference",
                          choices=list(CHOSEN_RULES))
-    pairs_per_prompt: int = option(1, "at most this many pairs per prompt")
-    seed: int = option(0, "sampling seed")
-    batch_size: int = option(32, "sequences generated together")
-    device: str | None = option(None, "cuda / cpu (default: cuda when available)")
+    pairs_per_prompt: int = option(1, "at most this many pairs per prompt", at_least=1)
+    seed: int = option(0, "sampling seed", at_least=0)
+    batch_size: int = option(32, "sequences generated together", at_least=1)
+    device: str | None = option(None, "cuda / cpu (default: cuda when available)", device=True)
     overwrite: bool = option(False, "discard an earlier run in --out instead of resuming")
     progress: bool = option(True, "show progress bars")
 
@@ -79,12 +80,6 @@ def make_pairs(samples: list[dict], reference: str, rule: str, max_pairs: int) -
 
 
 def run_prefs(config: PrefsConfig) -> dict:
-    if config.k < 1:
-        raise OpsftError(f"--k must be >= 1 (got {config.k})")
-    if config.temperature <= 0:
-        raise OpsftError("--temperature must be > 0: pairs need different samples")
-    if config.pairs_per_prompt < 1:
-        raise OpsftError("--pairs-per-prompt must be >= 1")
     data = load_examples(config.data, prompt_field=config.prompt_field, completion_field=config.completion_field,
                          messages_field=config.messages_field, answer_field=config.answer_field,
                          limit=config.limit, skip_invalid=config.skip_invalid)
@@ -130,9 +125,12 @@ def run_prefs(config: PrefsConfig) -> dict:
         f.writelines(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs)
     with (out / "samples.jsonl").open("w") as f:
         f.writelines(json.dumps({"row": r["index"] + 1, **r}, ensure_ascii=False) + "\n" for r in log.records())
+    with (out / "skipped.jsonl").open("w") as f:
+        f.writelines(json.dumps(e.record()) + "\n" for e in skipped)
     samples = [s for r in log.records() for s in r["samples"]]
     summary = {
         "run": {**asdict(config), "prompt_format": rendering},
+        "rows_read": len(data.examples) + len(data.skipped),
         "prompts": len(log.records()), "skipped_input": dict(Counter(e.reason for e in skipped)),
         "samples": len(samples), "samples_correct": sum(s["correct"] for s in samples),
         "pairs": len(pairs), "prompts_with_pairs": len({p["source_row"] for p in pairs}),

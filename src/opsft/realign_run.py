@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,8 @@ from .errors import OpsftError
 from .evaluation import completion_text, reference_answer
 from .generation import decoded_text, eos_token_ids
 from .hinted import LAMBDA_MODES, HintedDecodingConfig, hinted_decode
-from .jobs import option, prepare
+from .jobs import prepare
+from .options import REQUIRED, Options, option, template_rule
 from .rendering import fingerprint, fitting_prompts, prompt_ids, tokenize_example
 from .report import plot_before_after
 from .resumable import ResultLog, read_records
@@ -50,47 +51,53 @@ HINT_TEMPLATE = (
 
 
 @dataclass
-class RealignConfig:
-    model: str = field(metadata={"help": "model: built-in alias (smollm2-135m), local directory or hub id"})
-    data: str = field(metadata={"help": "dataset with questions and reference solutions (as for opsft score)"})
-    out: str = option("runs/realign", "output directory (a rerun resumes in it)")
+class RealignConfig(Options):
+    model: str = option(REQUIRED, "model: built-in alias (smollm2-135m), local directory or hub id")
+    data: str = option(REQUIRED, "dataset with questions and reference solutions (as for opsft score)")
+    out: str = option("runs/realign", "output directory (a rerun resumes in it)", output_dir=True)
     prompt_field: str | None = option(None, "column holding the question")
     completion_field: str | None = option(None, "column holding the reference solution")
     messages_field: str | None = option(None, "column holding a message list")
     answer_field: str | None = option(None, "column holding the reference final answer (default: extracted "
                                               "from the reference solution)")
-    limit: int | None = option(None, "realign only the first N rows")
+    limit: int | None = option(None, "realign only the first N rows", at_least=1)
     skip_invalid: bool = option(False, "skip bad rows (counted by reason) instead of stopping at the first")
-    max_length: int = option(2048, "token limit of a prompt (hinted or plain) plus the rewrite")
+    max_length: int = option(2048, "token limit of a prompt (hinted or plain) plus the rewrite", at_least=2)
     hint_template: str = option(HINT_TEMPLATE, "hinted prompt; {question} and {solution} are filled in")
     analysis: bool = option(False, "first let the model write a short greedy analysis of the reference, and "
                                     "append it to the hinted prompt before the rewrite starts")
     analysis_template: str = option(ANALYSIS_TEMPLATE, "prompt for the analysis; {question} and {solution}")
-    analysis_max_tokens: int = option(128, "length cap of the analysis")
+    analysis_max_tokens: int = option(128, "length cap of the analysis", at_least=1)
     lambda_mode: str = option("linear", "lam = f(H / log V): linear, sigmoid or piecewise",
                                choices=list(LAMBDA_MODES))
-    beta: float = option(3.0, "linear slope / sigmoid steepness of f (0: follow the hinted stream only)")
-    center: float = option(0.5, "sigmoid centre of f")
-    h1: float = option(0.2, "piecewise: lam = 0 below")
-    h2: float = option(0.6, "piecewise: lam = 1 above")
+    beta: float = option(3.0, "linear slope / sigmoid steepness of f (0: follow the hinted stream only)",
+                         at_least=0)
+    center: float = option(0.5, "sigmoid centre of f (in units of log V)", at_least=0, at_most=1)
+    h1: float = option(0.2, "piecewise: lam = 0 below (in units of log V)", at_least=0, at_most=1)
+    h2: float = option(0.6, "piecewise: lam = 1 above (in units of log V)", at_least=0, at_most=1)
     temperature: float = option(1.0, "sampling temperature after top-p (0: greedy; the authors used 0.3, "
-                                     "which makes rewrites score positive at tau = 1)")
-    top_p: float = option(1.0, "nucleus kept before sampling (the authors: 0.95)")
-    max_new_tokens: int = option(512, "length cap of a rewrite")
+                                     "which makes rewrites score positive at tau = 1)", at_least=0)
+    top_p: float = option(1.0, "nucleus kept before sampling (the authors: 0.95)", above=0, at_most=1)
+    max_new_tokens: int = option(512, "length cap of a rewrite", at_least=1)
     answer_marker: str = option("auto", "text after which the plain stream writes alone: auto (\\boxed{ or "
                                          "#### as the references use), none, or the marker itself")
-    repeat_window: int = option(30, "stop when a window of this many tokens ...")
-    repeat_count: int = option(5, "... has occurred this many times")
-    seed: int = option(0, "sampling seed")
-    batch_size: int = option(16, "examples decoded together (each has two streams)")
+    repeat_window: int = option(30, "stop when a window of this many tokens (0: never) ...", at_least=0)
+    repeat_count: int = option(5, "... has occurred this many times", at_least=2)
+    seed: int = option(0, "sampling seed", at_least=0)
+    batch_size: int = option(16, "examples decoded together (each has two streams)", at_least=1)
     require_correct: bool = option(True, "keep only rewrites whose final answer matches the reference")
     require_eos: bool = option(True, "keep only rewrites that ended on their own (not cut by length/repetition)")
     require_marker: bool = option(False, "keep only rewrites that wrote the answer marker (the answer is "
                                           "checked either way: without the marker, its last number)")
     min_phi_mean: float | None = option(None, "keep only rewrites with phi_mean at least this")
-    device: str | None = option(None, "cuda / cpu (default: cuda when available)")
+    device: str | None = option(None, "cuda / cpu (default: cuda when available)", device=True)
     overwrite: bool = option(False, "discard an earlier run in --out instead of resuming")
     progress: bool = option(True, "show progress bars")
+
+    def rules(self):
+        return [template_rule(self.hint_template, {"question", "solution"}, "--hint-template"),
+                template_rule(self.analysis_template, {"question", "solution"}, "--analysis-template"),
+                (self.h1 <= self.h2, f"--h1 ({self.h1}) must be <= --h2 ({self.h2}): lam rises from 0 at h1 to 1 at h2")]
 
     def decoding(self, marker: str | None) -> HintedDecodingConfig:
         names = {f.name for f in fields(HintedDecodingConfig)} - {"answer_marker", "hinted_first_token"}
@@ -288,6 +295,8 @@ def _write_outputs(out, config, data, examples, records, skipped, marker, throug
         f.writelines(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in kept)
     with (out / "dropped.jsonl").open("w") as f:
         f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in dropped)
+    with (out / "skipped.jsonl").open("w") as f:
+        f.writelines(json.dumps(e.record()) + "\n" for e in skipped)
     before = [r["phi_mean_original"] for r in records]
     after = [r["phi_mean_rewrite"] for r in records if r["phi_mean_rewrite"] is not None]
     after_kept = [row["realign"]["phi_mean_rewrite"] for row in kept]

@@ -97,13 +97,14 @@ def tokenize_dataset(examples: Sequence[Example], tokenizer, *, max_length: int 
         input_ids, start = tokenize_example(example.prompt, example.completion, tokenizer)
         try:
             if start == 0:
-                raise DataError("renders to no tokens before the completion", source=source,
-                                row=example.index + 1, field="prompt", reason="empty_prompt")
+                raise example.error("renders to no tokens before the completion", source=source, field="prompt",
+                                    reason="empty_prompt")
             if start >= max_length:
-                raise prompt_fills_max_length(start, max_length, source=source, row=example.index + 1)
+                raise prompt_fills_max_length(start, max_length, source=source, row=example.index + 1,
+                                              line=example.line)
             if len(input_ids) == start:
-                raise DataError("renders to no tokens", source=source, row=example.index + 1,
-                                field="completion", reason="empty_completion")
+                raise example.error("renders to no tokens", source=source, field="completion",
+                                    reason="empty_completion")
         except DataError as error:
             if not skip_invalid:
                 raise
@@ -113,10 +114,11 @@ def tokenize_dataset(examples: Sequence[Example], tokenizer, *, max_length: int 
     return tokenized, skipped
 
 
-def prompt_fills_max_length(prompt_tokens: int, max_length: int, *, source: str, row: int) -> DataError:
+def prompt_fills_max_length(prompt_tokens: int, max_length: int, *, source: str, row: int,
+                            line: int | None = None) -> DataError:
     """The error for a prompt that leaves no room for a completion token under max_length."""
     return DataError(f"is {prompt_tokens} tokens, not shorter than --max-length {max_length}", source=source,
-                     row=row, field="prompt", reason="prompt_too_long")
+                     row=row, line=line, field="prompt", reason="prompt_too_long")
 
 
 def fitting_prompts(examples: Sequence[Example], render, budget: int, max_length: int, *, source: str,
@@ -127,8 +129,8 @@ def fitting_prompts(examples: Sequence[Example], render, budget: int, max_length
     for example in examples:
         ids = render(example)
         if len(ids) + budget > max_length:
-            error = DataError(f"{what} of {len(ids)} tokens + {budget} new tokens exceeds --max-length {max_length}",
-                              source=source, row=example.index + 1, field="prompt", reason="prompt_too_long")
+            error = example.error(f"{what} of {len(ids)} tokens + {budget} new tokens exceeds --max-length "
+                                  f"{max_length}", source=source, field="prompt", reason="prompt_too_long")
             if not skip_invalid:
                 raise error
             skipped.append(error)

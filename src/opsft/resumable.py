@@ -41,7 +41,7 @@ class ResultLog:
             if number == 0:
                 if item.get("settings") != self.settings:
                     raise OpsftError(
-                        f"{self.path} holds a run with other settings ({_diff(item.get('settings'), self.settings)}); "
+                        f"{self.path} holds a run with other settings ({settings_diff(item.get('settings'), self.settings)}); "
                         f"use another output directory or --overwrite")
             else:
                 self._records[item["index"]] = item
@@ -67,7 +67,8 @@ class ResultLog:
             self._records[record["index"]] = record
 
 
-def _diff(old: Any, new: dict) -> str:
+def settings_diff(old: Any, new: dict) -> str:
+    """'key: old -> new, ...' for the settings that differ."""
     if not isinstance(old, dict):
         return "unreadable"
     keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))

@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import DataError, OpsftError
 from .jobs import prepare
+from .options import REQUIRED, Options, option
 from .rendering import fingerprint, prompt_format
 from .report import format_markdown, format_table, phi_summary, plot_histogram, worst_examples_html
 from .resumable import ResultLog
@@ -23,32 +24,34 @@ from .scoring import iter_scored, score_token_ids
 
 
 @dataclass
-class ScoreConfig:
-    model: str = field(metadata={"help": "model: built-in alias (smollm2-135m), local directory or hub id"})
-    data: str = field(metadata={"help": "dataset: .jsonl/.json/.parquet/.csv file, gym:<task>?size=N&seed=S, "
-                                        "or a hub name (name?config=C&split=S)"})
-    out: str = field(default="runs/score", metadata={"help": "output directory (a rerun resumes in it)"})
-    prompt_field: str | None = field(default=None, metadata={"help": "column holding the prompt (e.g. question)"})
-    completion_field: str | None = field(default=None,
-                                         metadata={"help": "column holding the completion (e.g. solution)"})
-    messages_field: str | None = field(default=None, metadata={"help": "column holding a message list"})
-    answer_field: str | None = field(default=None, metadata={"help": "column holding the reference answer"})
-    limit: int | None = field(default=None, metadata={"help": "score only the first N rows"})
-    temperature: float = field(default=1.0, metadata={"help": "tau: phi is computed under softmax(z / tau)"})
-    max_length: int = field(default=1024, metadata={"help": "token limit of prompt + completion, as in training; "
-                                                             "longer completions are truncated"})
-    batch_size: int = field(default=8, metadata={"help": "examples per forward pass"})
-    skip_invalid: bool = field(default=False, metadata={"help": "skip bad rows (counted by reason) instead of "
-                                                                 "stopping at the first"})
-    save_tokens: bool = field(default=False, metadata={"help": "also save per-token ids and phi"})
-    format: str = field(default="jsonl", metadata={"help": "format of the scored dataset",
-                                                   "choices": ["jsonl", "parquet"]})
-    in_threshold: float = field(default=-0.05, metadata={"help": "phi_mean at or above this is in-distribution"})
-    out_threshold: float = field(default=-0.1, metadata={"help": "phi_mean below this is out-of-distribution"})
-    worst: int = field(default=20, metadata={"help": "examples shown in worst_examples.html"})
-    device: str | None = field(default=None, metadata={"help": "cuda / cpu (default: cuda when available)"})
-    overwrite: bool = field(default=False, metadata={"help": "discard an earlier run in --out instead of resuming"})
-    progress: bool = field(default=True, metadata={"help": "show progress bars"})
+class ScoreConfig(Options):
+    model: str = option(REQUIRED, "model: built-in alias (smollm2-135m), local directory or hub id")
+    data: str = option(REQUIRED, "dataset: .jsonl/.json/.parquet/.csv file, gym:<task>?size=N&seed=S, "
+                                 "or a hub name (name?config=C&split=S)")
+    out: str = option("runs/score", "output directory (a rerun resumes in it)", output_dir=True)
+    prompt_field: str | None = option(None, "column holding the prompt (e.g. question)")
+    completion_field: str | None = option(None, "column holding the completion (e.g. solution)")
+    messages_field: str | None = option(None, "column holding a message list")
+    answer_field: str | None = option(None, "column holding the reference answer")
+    limit: int | None = option(None, "score only the first N rows", at_least=1)
+    temperature: float = option(1.0, "tau: phi is computed under softmax(z / tau)", above=0)
+    max_length: int = option(1024, "token limit of prompt + completion, as in training; longer completions are "
+                                   "truncated", at_least=2)
+    batch_size: int = option(8, "examples per forward pass", at_least=1)
+    skip_invalid: bool = option(False, "skip bad rows (counted by reason) instead of stopping at the first")
+    save_tokens: bool = option(False, "also save per-token ids and phi")
+    format: str = option("jsonl", "format of the scored dataset", choices=["jsonl", "parquet"])
+    in_threshold: float = option(-0.05, "phi_mean at or above this is in-distribution")
+    out_threshold: float = option(-0.1, "phi_mean below this is out-of-distribution")
+    worst: int = option(20, "examples shown in worst_examples.html", at_least=0)
+    device: str | None = option(None, "cuda / cpu (default: cuda when available)", device=True)
+    overwrite: bool = option(False, "discard an earlier run in --out instead of resuming")
+    progress: bool = option(True, "show progress bars")
+
+    def rules(self):
+        return [(self.in_threshold >= self.out_threshold,
+                 f"--in-threshold ({self.in_threshold}) must be >= --out-threshold ({self.out_threshold}): "
+                 f"phi_mean at or above the first is in-distribution, below the second out of it")]
 
     def settings(self) -> dict:
         """What the results depend on: a rerun resumes only when these are unchanged."""
@@ -63,6 +66,8 @@ def run_score(config: ScoreConfig) -> dict:
     prepared = prepare(config)
     data, model, tokenizer = prepared.data, prepared.model, prepared.tokenizer
     tokenized, skipped = prepared.tokenized, prepared.skipped
+    if config.format == "parquet":
+        check_parquet_rows([e.row for e in data.examples], config.data)
     if not tokenized:
         raise OpsftError(f"{config.data}: no example left to score ({len(skipped)} skipped: "
                          f"{dict(Counter(e.reason for e in skipped))})")
@@ -82,8 +87,8 @@ def run_score(config: ScoreConfig) -> dict:
 
     scored = log.records()
     summary = phi_summary(scored, in_threshold=config.in_threshold, out_threshold=config.out_threshold)
-    summary["run"] = {**config.settings(), "prompt_format": prompt_format(tokenizer), "source_shape": data.shape,
-                      "rows_read": len(data.examples) + len(data.skipped)}
+    summary["run"] = {**config.settings(), "prompt_format": prompt_format(tokenizer), "source_shape": data.shape}
+    summary["rows_read"] = len(data.examples) + len(data.skipped)
     summary["skipped"] = dict(Counter(e.reason for e in skipped))
     summary["throughput"] = {"tokens_scored_this_run": new_tokens, "seconds": round(seconds, 2),
                              "tokens_per_second": round(new_tokens / seconds, 1) if new_tokens else None}
@@ -96,6 +101,18 @@ def run_score(config: ScoreConfig) -> dict:
     return summary
 
 
+def check_parquet_rows(rows: list[dict], source: str) -> None:
+    """The input rows must make a Parquet table (one type per column): checked before any scoring, so that
+    the final write cannot fail after the work is done."""
+    import pyarrow as pa
+
+    try:
+        pa.Table.from_pylist(rows)
+    except (pa.ArrowException, TypeError, ValueError) as e:
+        raise OpsftError(f"{source}: these rows cannot be written as Parquet ({str(e).splitlines()[0]}): a column "
+                         f"holds values of different types; use --format jsonl") from None
+
+
 def _write_outputs(out, config, examples, scored, skipped: list[DataError], summary) -> None:
     rows_by_index = {e.index: e.row for e in examples}
     rows = [{**rows_by_index[s["index"]], **{k: v for k, v in s.items() if k != "index"}} for s in scored]
@@ -103,13 +120,17 @@ def _write_outputs(out, config, examples, scored, skipped: list[DataError], summ
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        pq.write_table(pa.Table.from_pylist(rows), out / "scored.parquet")
+        try:
+            pq.write_table(pa.Table.from_pylist(rows), out / "scored.parquet")
+        except (pa.ArrowException, TypeError, ValueError, OSError) as e:
+            raise OpsftError(f"{out / 'scored.parquet'}: could not be written ({str(e).splitlines()[0]}); every "
+                             f"score is kept in {out / 'progress.jsonl'}: rerun with --format jsonl to write them "
+                             f"without scoring again") from None
     else:
         with (out / "scored.jsonl").open("w") as f:
-            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+            f.writelines(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in rows)
     with (out / "skipped.jsonl").open("w") as f:
-        f.writelines(json.dumps({"row": e.row, "field": e.field, "reason": e.reason, "error": str(e)}) + "\n"
-                     for e in skipped)
+        f.writelines(json.dumps(e.record()) + "\n" for e in skipped)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "summary.md").write_text(format_markdown(summary))
     plot_histogram(scored, summary, out / "phi_hist.png")
