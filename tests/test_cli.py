@@ -149,3 +149,134 @@ def test_score_smollm2_on_gsm_symbolic(tmp_path):
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["n_examples"] == 6 and summary["run"]["prompt_format"] == "chat"
     assert -3.0 < summary["phi_mean"]["mean"] < 0.5  # human-written rationales: near or below 0, never wildly off
+
+
+# ---- reliability (#12): every bad option or input is one line and exit 2, before any model loads -------------
+
+def one_line(capsys, code) -> str:
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and err.startswith("opsft: error: ") and err.count("\n") == 1, err
+    return err
+
+
+@pytest.mark.parametrize("command, extra, message", [
+    ("score", ["--batch-size", "-2"], "--batch-size must be >= 1 (got -2)"),
+    ("realign", ["--batch-size", "-1"], "--batch-size must be >= 1 (got -1)"),
+    ("score", ["--temperature", "0"], "--temperature must be > 0 (got 0.0)"),
+    ("score", ["--in-threshold", "-0.5"], "--in-threshold (-0.5) must be >= --out-threshold (-0.1)"),
+    ("score", ["--device", "bogus"], "--device 'bogus': not a device"),
+    ("eval", ["--top-p", "0"], "--top-p must be in (0, 1] (got 0.0)"),
+    ("eval", ["--max-new-tokens", "0"], "--max-new-tokens must be >= 1 (got 0)"),
+    ("realign", ["--top-p", "1.5"], "--top-p must be in (0, 1] (got 1.5)"),
+    ("prefs", ["--top-p", "1.5"], "--top-p must be in (0, 1] (got 1.5)"),
+    ("realign", ["--h1", "0.7", "--h2", "0.3"], "--h1 (0.7) must be <= --h2 (0.3)"),
+    ("realign", ["--beta", "-1"], "--beta must be >= 0 (got -1.0)"),
+    ("realign", ["--max-new-tokens", "0"], "--max-new-tokens must be >= 1 (got 0)"),
+    ("realign", ["--hint-template", "{question} {answer}"], "--hint-template: unknown placeholder(s) {answer}"),
+    ("train", ["--lora-r", "0"], "--lora-r must be >= 1 (got 0)"),
+    ("train", ["--logging-steps", "0"], "--logging-steps must be >= 1 (got 0)"),
+    ("train", ["--lora-dropout", "2"], "--lora-dropout must be in [0, 1) (got 2.0)"),
+    ("train", ["--lr-scheduler-type", "bogus"], "argument --lr-scheduler-type: invalid choice: 'bogus'"),
+    ("train", ["--batch-size", "8"], "unrecognized arguments: --batch-size 8"),
+])
+def test_bad_options_are_refused_before_the_model_loads(tmp_path, capsys, command, extra, message):
+    """--model names nothing: had the model been loaded first, the error would be about the model."""
+    out = "--output-dir" if command == "train" else "--out"
+    code = main([command, "--model", str(tmp_path / "no-model"), "--data", str(tmp_path / "d.jsonl"),
+                 out, str(tmp_path / "o"), *extra])
+    assert message in one_line(capsys, code)
+
+
+def test_device_cuda_without_cuda_is_one_line(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code = main(["score", "--model", "m", "--data", "d.jsonl", "--out", str(tmp_path / "o"), "--device", "cuda"])
+    assert "--device cuda: CUDA is not available here" in one_line(capsys, code)
+
+
+def test_out_naming_a_file_is_refused_before_the_model_loads(tmp_path, capsys):
+    (tmp_path / "taken").write_text("")
+    for command, flag in (("score", "--out"), ("eval", "--out"), ("train", "--output-dir"), ("prefs", "--out")):
+        code = main([command, "--model", "m", "--data", "d.jsonl", flag, str(tmp_path / "taken")])
+        assert f"{flag} {tmp_path / 'taken'}: is a file, not a directory" in one_line(capsys, code)
+
+
+def test_a_directory_that_is_not_a_model_is_one_line(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "d.jsonl", ROWS)
+    (tmp_path / "not-a-model").mkdir()
+    code = score(tmp_path, tmp_path / "not-a-model", data)
+    assert "is not a model directory (no config.json" in one_line(capsys, code)
+    code = score(tmp_path, tmp_path / "d.jsonl", data)
+    assert "is a file, not a model directory" in one_line(capsys, code)
+
+
+def test_parquet_of_mixed_column_types_is_refused_before_scoring(tmp_path, tiny_model_dir, capsys):
+    rows = [dict(r, id=i if i % 2 else str(i)) for i, r in enumerate(ROWS)]
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    code = score(tmp_path, tiny_model_dir, data, "--format", "parquet")
+    error = one_line(capsys, code)
+    assert "cannot be written as Parquet" in error and "use --format jsonl" in error
+    assert not (tmp_path / "out" / "progress.jsonl").exists()  # nothing was scored, so nothing is lost
+    assert score(tmp_path, tiny_model_dir, data, "--format", "jsonl") == 0
+
+
+def test_yaml_values_are_checked_like_flags(tmp_path, tiny_model_dir, capsys):
+    data = write_jsonl(tmp_path / "d.jsonl", ROWS[:2] + ['{"question": "q"}'])
+    config = tmp_path / "c.yaml"
+    for text, message in (('skip_invalid: "no"\n', "--skip-invalid must be true or false (got 'no')"),
+                          ('limit: "two"\n', "--limit must be a whole number (got 'two')"),
+                          ("limit: 2\nlimit: 3\n", "key 'limit' is given twice"),
+                          ("limit: [1\n", "malformed YAML at line 2")):
+        config.write_text(text)
+        code = score(tmp_path, tiny_model_dir, data, "--config", str(config))
+        assert message in one_line(capsys, code)
+    config.write_text("skip_invalid: no\nlearning_rate: 1e-5\n")  # YAML's own false; a flag's float syntax
+    assert main(["train", "--config", str(config), "--model", "m", "--data", "d", "--output-dir",
+                 str(tmp_path / "t"), "--lora-r", "0"]) == 2
+    assert "--lora-r must be >= 1" in capsys.readouterr().err  # the YAML values themselves were accepted
+
+
+def test_an_unexpected_error_is_one_line_with_its_traceback_saved(tmp_path, capsys, monkeypatch):
+    import opsft.cli
+
+    def broken(config):
+        raise ZeroDivisionError("division by zero somewhere deep")
+
+    monkeypatch.setitem(opsft.cli.COMMANDS, "compare", (opsft.cli.COMMANDS["compare"][0], broken, "compare"))
+    assert main(["compare", "--runs", str(tmp_path), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("opsft: error: unexpected ZeroDivisionError: division by zero somewhere deep")
+    saved = err.split("the traceback is in ")[1].split(",")[0]
+    assert "Traceback" in open(saved).read() and "broken" in open(saved).read()
+    with pytest.raises(ZeroDivisionError):
+        main(["--traceback", "compare", "--runs", str(tmp_path), "--out", str(tmp_path / "o")])
+
+
+def test_a_second_run_on_the_same_output_directory_is_refused(tmp_path, tiny_model_dir, capsys):
+    """The first run is another process holding the lock; the second names it and leaves its files alone."""
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import time, sys
+from opsft.locking import output_lock
+with output_lock({str(out)!r}, "opsft score"):
+    print("locked", flush=True)
+    time.sleep(60)
+"""], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        data = write_jsonl(tmp_path / "d.jsonl", ROWS)
+        code = score(tmp_path, tiny_model_dir, data)
+        assert f"is in use by another opsft run: process {holder.pid} (opsft score" in one_line(capsys, code)
+        assert not (out / "progress.jsonl").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    time.sleep(0.1)
+    assert score(tmp_path, tiny_model_dir, data) == 0  # a killed holder leaves no stale lock

@@ -136,3 +136,36 @@ def test_long_completion_is_truncated_like_training(tmp_path, tokenizer):
     data = load_examples(write_jsonl(tmp_path / "d.jsonl", [{"prompt": "Q:", "completion": " 1 2 3" * 30}]))
     (t,), _ = tokenize_dataset(data.examples, tokenizer, max_length=20)
     assert len(t.input_ids) == 20 and t.truncated
+
+
+def test_a_bad_first_row_is_skipped_like_any_other(tmp_path):
+    """The shape comes from the first row that has one: a malformed or incomplete row 1 is one counted skip."""
+    for first in ('{"prompt": "p", "completion": ', '{"prompt": "p"}', '["p", "c"]', '{"question": "q"}'):
+        path = write_jsonl(tmp_path / "d.jsonl", [first] + [row for row, message in BAD_ROWS if message is None] * 2)
+        data = load_examples(path, skip_invalid=True)
+        assert len(data.examples) == 2 and len(data.skipped) == 1 and data.skipped[0].row == 1
+        assert data.shape == "prompt_completion"
+        with pytest.raises(DataError, match=r"d.jsonl: row 1: "):
+            load_examples(path)
+
+
+def test_rows_that_are_not_utf8_are_counted_skips(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"prompt": "p", "completion": "c"}\n'  # a UTF-8 byte-order mark is fine
+                     + '{"prompt": "caf\xe9", "completion": "c"}\n'.encode("latin-1")
+                     + b'{"prompt": "p2", "completion": "c2"}\n')
+    with pytest.raises(DataError, match=r"d.jsonl: row 2: is not UTF-8 text \(byte 0xe9 at position 16\)"):
+        load_examples(str(path))
+    data = load_examples(str(path), skip_invalid=True)
+    assert [e.prompt for e in data.examples] == ["p", "p2"] and [e.reason for e in data.skipped] == ["not_utf8"]
+
+
+def test_errors_after_loading_name_the_line_as_well_as_the_row(tmp_path, tokenizer):
+    """A prompt too long for --max-length on line 4, after two blank lines, is row 2 of the data."""
+    path = write_jsonl(tmp_path / "d.jsonl", [PC_ROWS[0], "", "", {"prompt": "hello world " * 40, "completion": "c"}])
+    data = load_examples(path)
+    assert [(e.index + 1, e.line) for e in data.examples] == [(1, 1), (2, 4)]
+    with pytest.raises(DataError, match=r"d.jsonl: line 4 \(row 2\): field 'prompt': is \d+ tokens"):
+        tokenize_dataset(data.examples, tokenizer, max_length=32, source=path)
+    _, skipped = tokenize_dataset(data.examples, tokenizer, max_length=32, source=path, skip_invalid=True)
+    assert skipped[0].record()["line"] == 4 and skipped[0].record()["row"] == 2

@@ -197,3 +197,25 @@ def test_bad_input_fails_with_a_clear_message(tmp_path, tiny_model_dir, no_templ
         capsys.readouterr().err
     assert run_eval(tiny_model_dir, tmp_path / "o", data, "--drift-data", data) == 2
     assert "the drift measure needs the base model: pass --drift-base" in capsys.readouterr().err
+
+
+def test_skipped_drift_prompts_are_counted_in_the_summary(tmp_path, tiny_model_dir, data, capsys):
+    """13 drift rows: 4 usable, 9 bad in four ways; every one of them is in the summary with its reason."""
+    bad = ['{"question": "What is 1 + 1?"', "[1, 2]", json.dumps({"question": "x"}),
+           json.dumps({"question": "long " * 300, "answer": "1"})]
+    lines = [json.dumps(r) for r in ROWS[:4]] + [bad[0]] * 2 + [bad[1]] * 2 + [bad[2]] * 2 + [bad[3]] * 3
+    drift = tmp_path / "drift.jsonl"
+    drift.write_text("\n".join(lines) + "\n")
+    drift = str(drift)
+    extra = ["--drift-data", drift, "--drift-base", str(tiny_model_dir), "--drift-limit", "100", "--max-length", "400",
+             "--drift-max-new-tokens", "16"]
+    assert run_eval(tiny_model_dir, tmp_path / "o", data, *extra) == 2
+    assert "drift.jsonl: row 5: malformed JSON" in capsys.readouterr().err
+    assert run_eval(tiny_model_dir, tmp_path / "o", data, *extra, "--skip-invalid") == 0
+    drift_summary = json.loads((tmp_path / "o" / "eval_summary.json").read_text())["drift"]
+    assert drift_summary["rows_read"] == 13 and drift_summary["prompts"] == 4 and drift_summary["samples"] <= 4
+    assert drift_summary["skipped"] == {"malformed_json": 2, "not_an_object": 2, "missing_field": 2,
+                                        "prompt_too_long": 3}
+    skipped = (tmp_path / "o" / "drift" / "skipped.jsonl").read_text().splitlines()
+    assert sorted(json.loads(line)["row"] for line in skipped) == list(range(5, 14))
+    assert drift_summary["samples"] + drift_summary["empty_samples"] == 4

@@ -166,3 +166,26 @@ def test_smollm2_prefs_then_dpo_and_simpo_with_lora(tmp_path):
         result = train(tmp_path, "smollm2-135m", tmp_path / "prefs", loss, "--lora", "--max-steps", "2",
                        "--per-device-train-batch-size", "2")
         assert result["steps"] == 2 and len([h for h in result["log_history"] if "rewards/margins" in h]) == 2
+
+
+def test_a_killed_dpo_run_resumes_with_its_whole_token_count(tmp_path, tiny_model_dir, prefs):
+    from transformers import TrainerCallback
+
+    from opsft.train_run import TrainConfig, run_train
+
+    class StopAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                raise KeyboardInterrupt
+
+    def config(out, **extra):
+        return TrainConfig(model=str(tiny_model_dir), data=str(prefs / "prefs.jsonl"), loss="dpo", max_steps=4,
+                           save_steps=2, per_device_train_batch_size=2, logging_steps=1, progress=False,
+                           output_dir=str(out), **extra)
+
+    whole = run_train(config(tmp_path / "whole"))
+    with pytest.raises(KeyboardInterrupt):
+        run_train(config(tmp_path / "killed"), callbacks=[StopAt()])
+    resumed = run_train(config(tmp_path / "killed", resume=True))
+    assert resumed["train_tokens_source"] == "trl num_tokens"
+    assert resumed["train_tokens"] == whole["train_tokens"] > 0

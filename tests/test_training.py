@@ -153,6 +153,59 @@ def test_killed_run_resumes_to_the_same_curve_and_the_lambda_schedule_continues(
     assert logged(resumed, "idft/lambda") == logged(whole, "idft/lambda")
     assert logged(resumed, "loss") == pytest.approx(logged(whole, "loss"), rel=1e-5)
     assert logged(resumed, "nll") == pytest.approx(logged(whole, "nll"), rel=1e-5)
+    # TRL restarts its token count at 0 on resume; the checkpoint carries it, so the budget the lab reads is whole
+    assert resumed["train_tokens"] == whole["train_tokens"] > 0
+    assert logged(resumed, "num_tokens") == logged(whole, "num_tokens")
+    assert resumed["resumed_from"] == str(tmp_path / "killed" / "checkpoint-4")
+
+
+def test_resume_refuses_a_directory_of_another_run(model_dir, data_path, tmp_path):
+    out = tmp_path / "o"
+    run_train(config(model_dir, data_path, out, loss="sft", max_steps=2, save_steps=1))
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps(r) + "\n" for r in ROWS[:5]))
+    with pytest.raises(OpsftError, match=r"holds a training run with other settings or data \(data: .*inputs_sha256: "
+                                         r".*loss: 'sft' -> 'dft'.*\); it is not resumed"):
+        run_train(config(model_dir, str(other), out, loss="dft", max_steps=2, resume=True))
+    with pytest.raises(OpsftError, match=r"other settings or data \(max_steps: 2 -> 6\)"):
+        run_train(config(model_dir, data_path, out, loss="sft", max_steps=6, resume=True))
+    # a fresh run is refused too: it would leave the earlier run's checkpoints beside its own
+    with pytest.raises(OpsftError, match=r"holds an earlier training run \(checkpoint-1, checkpoint-2, final, "
+                                         r"opsft_run.json, .*pass --resume to continue it, --overwrite to discard it"):
+        run_train(config(model_dir, data_path, out, loss="dft", max_steps=1))
+    # --overwrite discards the whole earlier run, so no stale checkpoint is left for a later --resume
+    summary = run_train(config(model_dir, data_path, out, loss="dft", max_steps=1, save_steps=1, overwrite=True))
+    assert summary["method"] == "dft" and summary["steps"] == 1
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1"]
+    # --resume on a finished run with the same settings has nothing left to do
+    again = run_train(config(model_dir, data_path, out, loss="dft", max_steps=1, save_steps=1, resume=True))
+    assert again == json.loads((out / "train_summary.json").read_text())
+
+
+def test_resume_continues_only_from_a_checkpoint_this_run_wrote(model_dir, data_path, tmp_path):
+    """Checkpoints that another run left (same step numbers, another run id) or that carry no mark are passed over."""
+    import shutil
+
+    options = dict(loss="sft", max_steps=4, save_steps=2, per_device_train_batch_size=2)
+    whole = run_train(config(model_dir, data_path, tmp_path / "a", **options))
+    with pytest.raises(KeyboardInterrupt):
+        run_train(config(model_dir, data_path, tmp_path / "b", **options), callbacks=[StopAt(3)])
+    shutil.copytree(tmp_path / "a" / "checkpoint-4", tmp_path / "b" / "checkpoint-4")  # another run's
+    shutil.copytree(tmp_path / "a" / "checkpoint-2", tmp_path / "b" / "checkpoint-3")
+    (tmp_path / "b" / "checkpoint-3" / CHECKPOINT_FILE).unlink()  # no mark
+    resumed = run_train(config(model_dir, data_path, tmp_path / "b", resume=True, **options))
+    assert resumed["resumed_from"] == str(tmp_path / "b" / "checkpoint-2")
+    assert logged(resumed, "loss") == pytest.approx(logged(whole, "loss"), rel=1e-5)
+    assert resumed["train_tokens"] == whole["train_tokens"]
+
+
+def test_checkpoints_not_written_by_opsft_are_not_resumed(model_dir, data_path, tmp_path):
+    (tmp_path / "checkpoint-7").mkdir()
+    with pytest.raises(OpsftError, match=r"checkpoint-7 were not written by opsft train \(no opsft_run.json\).*"
+                                         r"--overwrite discards them"):
+        run_train(config(model_dir, data_path, tmp_path, max_steps=1, resume=True))
+    assert run_train(config(model_dir, data_path, tmp_path, max_steps=1, overwrite=True))["steps"] == 1
+    assert not (tmp_path / "checkpoint-7").exists()
 
 
 def test_two_processes_give_the_single_process_loss(model_dir, data_path, tmp_path):
@@ -234,3 +287,14 @@ def test_train_command_reads_yaml_with_extra_trl_options(model_dir, data_path, t
     assert summary["config"]["loss"] == "idft" and summary["config"]["sft_args"]["optim"] == "sgd"
     assert not list((tmp_path / "o").glob("checkpoint-*"))  # save_strategy reached TRL
     assert len(logged(summary, "idft/lambda")) == 2
+
+
+@pytest.mark.parametrize("targets, message", [
+    ("q_proj,nope", r"--lora-target-modules: model '.*' has no module named 'nope' \(its linear layers: down_proj, "
+                    r"gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj\)"),
+    ("layers", r"--lora-target-modules: 'layers' is a ModuleList, not a layer LoRA adapts"),
+])
+def test_lora_target_modules_are_checked_against_the_model(model_dir, data_path, tmp_path, targets, message):
+    with pytest.raises(OpsftError, match=message):
+        run_train(config(model_dir, data_path, tmp_path, max_steps=1, lora=True, lora_target_modules=targets))
+    assert not (tmp_path / "opsft_run.json").exists()  # refused before the run was recorded

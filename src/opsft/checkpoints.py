@@ -25,7 +25,7 @@ from .resumable import settings_diff
 
 RUN_FILE = "opsft_run.json"
 CHECKPOINT_FILE = "opsft_checkpoint.json"
-OUTPUTS = ("final", "train_summary.json", "reference_logprobs.jsonl", RUN_FILE)  # besides checkpoint-N/
+OUTPUTS = ("final", "train_summary.json", "skipped.jsonl", "reference_logprobs.jsonl", RUN_FILE)  # besides checkpoint-N/
 NOT_SETTINGS = ("output_dir", "resume", "overwrite", "progress", "report_to", "logging_steps", "save_steps",
                 "save_total_limit", "device")  # they change where and how a run reports, not what it learns
 

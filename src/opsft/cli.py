@@ -41,11 +41,15 @@ COMMANDS = {
 }
 
 
+class _UsageError(Exception):
+    pass
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse, with its errors on one line like every other opsft error."""
+    """argparse, with its errors on one line like every other opsft error (exit 2)."""
 
     def error(self, message):
-        self.exit(2, f"opsft: error: {message} (see {self.prog} --help)\n")
+        raise _UsageError(f"{message} (see {self.prog} --help)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +65,11 @@ def main(argv: list[str] | None = None) -> int:
         command = sub.add_parser(name, help=help_text, description=help_text)
         command.add_argument("--config", help="YAML file of options (flags given here override it)")
         _add_dataclass_arguments(command, config_cls)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as error:
+        print(f"opsft: error: {error}", file=sys.stderr)
+        return 2
     config_cls, run, _ = COMMANDS[args.command]
     try:
         config = _build_config(config_cls, vars(args))

@@ -272,7 +272,7 @@ def _detect_shape(record: dict, source: str, at: dict, prompt_field: str | None,
         return "mapped"
     if messages_field is not None or "messages" in record:
         return "messages"
-    if "prompt" in record and "completion" in record:
+    if "prompt" in record or "completion" in record:  # the other one missing is this row's error
         return "prompt_completion"
     raise DataError(
         f"has no 'prompt'/'completion' or 'messages' columns (found {sorted(record)}); "

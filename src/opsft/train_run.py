@@ -244,6 +244,8 @@ def train_and_save(trainer, run: TrainingRun, config: TrainConfig, tokenizer, *,
         "resumed_from": run.resume_from,
         "log_history": history,
     }
+    with (out / "skipped.jsonl").open("w") as f:
+        f.writelines(json.dumps(e.record()) + "\n" for e in skipped)
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     losses = [h["loss"] for h in history if "loss" in h]
     if losses:
