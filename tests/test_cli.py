@@ -225,8 +225,8 @@ def test_parquet_of_mixed_column_types_is_refused_before_scoring(tmp_path, tiny_
 def test_yaml_values_are_checked_like_flags(tmp_path, tiny_model_dir, capsys):
     data = write_jsonl(tmp_path / "d.jsonl", ROWS[:2] + ['{"question": "q"}'])
     config = tmp_path / "c.yaml"
-    for text, message in (('skip_invalid: "no"\n', "--skip-invalid must be true or false (got 'no')"),
-                          ('limit: "two"\n', "--limit must be a whole number (got 'two')"),
+    for text, message in (('skip_invalid: "no"\n', "c.yaml: skip_invalid must be true or false (got 'no')"),
+                          ('limit: "two"\n', "c.yaml: limit must be a whole number (got 'two')"),
                           ("limit: 2\nlimit: 3\n", "key 'limit' is given twice"),
                           ("limit: [1\n", "malformed YAML at line 2")):
         config.write_text(text)

@@ -44,8 +44,10 @@ BAD_FILES = {
 BAD_OPTIONS = [
     (["score", "--config", "config_malformed.yaml"], "config_malformed.yaml: malformed YAML at line 3"),
     (["score", "--config", "config_duplicate_key.yaml"], "key 'batch_size' is given twice"),
-    (["score", "--config", "config_wrong_types.yaml"], "--skip-invalid must be true or false (got 'no')"),
-    (["score", "--config", "config_word_for_number.yaml"], "--batch-size must be a whole number (got 'eight')"),
+    (["score", "--config", "config_wrong_types.yaml"],
+     "config_wrong_types.yaml: skip_invalid must be true or false (got 'no')"),
+    (["score", "--config", "config_word_for_number.yaml"],
+     "config_word_for_number.yaml: batch_size must be a whole number (got 'eight')"),
     (["score", "--config", "config_unknown_option.yaml"], "unknown options ['batch_sise']"),
     (["score", "--config", "config_not_a_mapping.yaml"], "expected a mapping of option: value"),
     (["score", "--config", "."], "is a directory, not a file"),
@@ -66,8 +68,9 @@ BAD_OPTIONS = [
     (["compare", "--runs", "compare/empty"], "compare/empty: no eval_summary.json or train_summary.json"),
     (["compare", "--runs", "compare/missing"], "compare/missing: no such directory"),
     (["lab", "--config", "lab_unknown_method.yaml"], "unknown methods 'ppo' for --methods"),
-    (["lab", "--config", "lab_wrong_type.yaml"], "--token-budget must be a whole number (got 'lots')"),
-    (["lab", "--config", "lab_bad_set.yaml"], "in_domain.sums: max_new_tokens must be >= 1 (got 0)"),
+    (["lab", "--config", "lab_wrong_type.yaml"], "lab_wrong_type.yaml: token_budget must be a whole number "
+                                                 "(got 'lots')"),
+    (["lab", "--config", "lab_bad_set.yaml"], "the lab's test sets: in_domain.sums: max_new_tokens must be >= 1 (got 0)"),
 ]
 
 
@@ -170,6 +173,7 @@ def reliability_table(model) -> str:
     rows = ["| input (tests/data/bad/) | command | without --skip-invalid | with --skip-invalid |", "|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as tmp:
         for data in [*BAD_ROWS, *BAD_FILES]:
+            answers = {}  # (without, with --skip-invalid) -> the commands that answered so
             for command in DATA_COMMANDS:
                 code, error = outcome(command_line(command, model, data, Path(tmp) / f"{command}-a"))
                 out = Path(tmp) / f"{command}-{data}"
@@ -179,7 +183,9 @@ def reliability_table(model) -> str:
                     skip = f"exit 0: {read} rows read = {used} used + skipped {skipped}"
                 else:
                     skip = f"exit {skip_code}: `{skip_error}`"
-                rows.append(f"| {data} | {command} | exit {code}: `{error}` | {skip} |")
+                answers.setdefault((f"exit {code}: `{error}`", skip), []).append(command)
+            for (without, with_skip), commands in answers.items():
+                rows.append(f"| {data} | {', '.join(commands)} | {without} | {with_skip} |")
         for args, _ in BAD_OPTIONS:
             code, error = outcome(option_line(args, model, Path(tmp) / "opt"))
             rows.append(f"| {' '.join(a for a in args[1:])} | {args[0]} | exit {code}: `{error}` | (same) |")

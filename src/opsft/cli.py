@@ -13,7 +13,7 @@ import typing
 
 from .errors import OpsftError
 from .locking import output_lock
-from .options import read_yaml
+from .options import read_yaml, typed
 from .compare_run import CompareConfig, run_compare
 from .eval_run import EvalConfig, run_eval
 from .lab import LabConfig, run_lab
@@ -148,6 +148,8 @@ def _build_config(cls, args: dict):
         unknown = sorted(set(values) - names)
         if unknown:
             raise OpsftError(f"--config {path}: unknown options {unknown} (see opsft COMMAND --help)")
+        hints = typing.get_type_hints(cls)  # each value's type, named by the file and key it came from
+        values = {k: typed(v, hints[k], f"--config {path}: {k}") for k, v in values.items()}
     values.update({k: v for k, v in args.items() if k in names})
     missing = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING and f.name not in values]

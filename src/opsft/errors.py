@@ -31,3 +31,11 @@ class DataError(OpsftError):
     def record(self) -> dict:
         """The skipped row as written to skipped.jsonl and the like."""
         return {"row": self.row, "line": self.line, "field": self.field, "reason": self.reason, "error": str(self)}
+
+
+def nothing_left(source: str, what: str, skipped: list[DataError]) -> OpsftError:
+    """The error for a job whose every row was skipped: how many, and why."""
+    reasons = {}
+    for error in skipped:
+        reasons[error.reason] = reasons.get(error.reason, 0) + 1
+    return OpsftError(f"{source}: no {what} ({len(skipped)} skipped: {reasons})")

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from .data import LoadedData, load_examples
 from .drift import drift_of, sample_base
-from .errors import OpsftError
+from .errors import OpsftError, nothing_left
 from .evaluation import accuracy_summary, sample_and_check
 from .generation import SamplingConfig
 from .options import REQUIRED, Options, option, read_yaml, typed
@@ -134,12 +134,14 @@ def eval_sets(config: EvalConfig) -> tuple[list[EvalSet], dict]:
     return suite_sets(read_yaml(path, "--suite") or {}, path, defaults)
 
 
-def suite_sets(suite, path: Path, defaults: dict | None = None) -> tuple[list[EvalSet], dict]:
+def suite_sets(suite, path: Path, defaults: dict | None = None, *, label: str | None = None
+               ) -> tuple[list[EvalSet], dict]:
     """A suite's sets and drift section, checked; `path` is where the suite file is (or will be) written:
     relative data files are found as given or beside it. `defaults`: the set options not given in the suite
-    (default: opsft eval's defaults)."""
+    (default: opsft eval's defaults). `label`: how errors name the suite (default: its path)."""
     if defaults is None:
         defaults = {f.name: f.default for f in dataclasses.fields(EvalConfig) if f.name in SET_OPTIONS}
+    path, suite_path = label or path, path
     unknown = set(suite) - {*GROUPS, "drift"} if isinstance(suite, dict) else {"(not a mapping)"}
     if unknown:
         raise OpsftError(f"{path}: unknown sections {sorted(map(str, unknown))} (use {', '.join(GROUPS)}, drift)")
@@ -156,7 +158,7 @@ def suite_sets(suite, path: Path, defaults: dict | None = None) -> tuple[list[Ev
             if bad:
                 raise OpsftError(f"{path}: {group}.{name}: unknown options {sorted(map(str, bad))} "
                                  f"(a set takes {', '.join(SET_OPTIONS)})")
-            entry = {**entry, "data": _beside(path, entry["data"], f"{group}.{name}")}
+            entry = {**entry, "data": _beside(suite_path, entry["data"], f"{path}: {group}.{name}")}
             try:
                 sets.append(EvalSet(str(name), group, **{**defaults, **entry}))
             except OpsftError as e:
@@ -173,7 +175,7 @@ def suite_sets(suite, path: Path, defaults: dict | None = None) -> tuple[list[Ev
     if drift.get("limit") is not None and drift["limit"] < 1:
         raise OpsftError(f"{path}: drift.limit must be >= 1 (got {drift['limit']})")
     if "data" in drift:
-        drift = {**drift, "data": _beside(path, drift["data"], "drift")}
+        drift = {**drift, "data": _beside(suite_path, drift["data"], f"{path}: drift")}
     return sets, drift
 
 
@@ -184,7 +186,7 @@ def _beside(suite: Path, data: str, where: str) -> str:
     file = Path(data)
     file = file if file.is_absolute() or file.exists() else suite.parent / file
     if not file.exists():
-        raise OpsftError(f"{suite}: {where}: data file {data} does not exist")
+        raise OpsftError(f"{where}: data file {data} does not exist")
     return str(file)
 
 
@@ -260,7 +262,7 @@ def _evaluate_set(s: EvalSet, data: LoadedData, model, tokenizer, config: EvalCo
     prompts = _prompts(data.examples, tokenizer, s.max_new_tokens, config, s.data, skipped)
     examples = [e for e in data.examples if e.index in prompts]
     if not examples:
-        raise OpsftError(f"{s.data}: no problem left to evaluate ({len(skipped)} skipped)")
+        raise nothing_left(s.data, "problem left to evaluate", skipped)
     directory = out / "sets" / s.name
     settings = {"model": config.model, "adapter": config.adapter, "prompt_format": rendering, "seed": config.seed,
                 "repeat_window": config.repeat_window, "repeat_count": config.repeat_count,
@@ -299,8 +301,7 @@ def _base_samples(config: EvalConfig, drift: dict, out: Path):
     skipped = list(loaded.skipped)
     prompts = _prompts(loaded.examples, tokenizer, config.drift_max_new_tokens, config, data, skipped)
     if not prompts:
-        raise OpsftError(f"{data}: no drift prompt left ({len(skipped)} skipped: "
-                         f"{dict(Counter(e.reason for e in skipped))})")
+        raise nothing_left(data, "drift prompt left", skipped)
     settings = {"base": base, "data": data, "limit": drift["limit"], "samples": config.drift_samples,
                 "max_new_tokens": config.drift_max_new_tokens, "seed": config.seed, "prompt_format": rendering,
                 "prompts": {str(i): p for i, p in prompts.items()}}

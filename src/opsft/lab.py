@@ -125,7 +125,8 @@ class Lab:
         self.config, self.settings = config, config.resolved()
         self.out = Path(config.out)
         # the test sets and drift prompts are checked now, not after the first stages have run
-        suite_sets(eval_suite(self.settings, self.settings["model"]), self.out / "data" / "suite.yaml")
+        suite_sets(eval_suite(self.settings, self.settings["model"]), self.out / "data" / "suite.yaml",
+                   label="the lab's test sets")
         if config.overwrite and self.out.exists():
             for path in self.out.iterdir():  # all but the lock this run holds (locking.py)
                 if path.name != LOCK_FILE:

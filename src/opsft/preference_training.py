@@ -24,7 +24,7 @@ import numpy as np
 
 from .checkpoints import TrainingRun
 from .data import load_preferences
-from .errors import DataError, OpsftError
+from .errors import DataError, OpsftError, nothing_left
 from .models import load_model
 from .rendering import prompt_fills_max_length, prompt_format, render_plain, text_of, tokenize_example
 from .train_run import TrainConfig, lora_config, train_and_save, trl_arguments
@@ -46,7 +46,7 @@ def run_preference_train(config: TrainConfig, *, callbacks=None) -> dict:
     rows, skipped = load_preferences(config.data, limit=config.limit, skip_invalid=config.skip_invalid)
     rows_read = len(rows) + len(skipped)
     if not rows:
-        raise OpsftError(f"{config.data}: no preference pair left to train on ({len(skipped)} skipped)")
+        raise nothing_left(config.data, "preference pair left to train on", skipped)
     if not config.progress:
         from transformers.utils import logging as hf_logging
 
@@ -55,8 +55,7 @@ def run_preference_train(config: TrainConfig, *, callbacks=None) -> dict:
     rows, mean_tokens, truncated = fit_pairs(rows, tokenizer, config.max_length, source=config.data,
                                              skip_invalid=config.skip_invalid, skipped=skipped)
     if not rows:
-        raise OpsftError(f"{config.data}: no preference pair fits --max-length {config.max_length} "
-                         f"({len(skipped)} skipped)")
+        raise nothing_left(config.data, f"preference pair left that fits --max-length {config.max_length}", skipped)
     rows = [{k: v for k, v in row.items() if k not in ("row", "line")} for row in rows]
     if prompt_format(tokenizer) == "plain":  # no chat template: message lists become the plain format
         rows = [_as_plain(row) for row in rows]

@@ -20,7 +20,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import OpsftError
+from .errors import OpsftError, nothing_left
 from .evaluation import completion_text, sample_and_check
 from .generation import SamplingConfig
 from .options import REQUIRED, Options, option
@@ -93,7 +93,7 @@ def run_prefs(config: PrefsConfig) -> dict:
                               skipped=skipped)
     examples = [e for e in data.examples if e.index in prompts]
     if not examples:
-        raise OpsftError(f"{config.data}: no prompt left to sample ({len(skipped)} skipped)")
+        raise nothing_left(config.data, "prompt left to sample", skipped)
     settings = {k: v for k, v in asdict(config).items()
                 if k not in ("out", "batch_size", "device", "overwrite", "progress", "chosen", "pairs_per_prompt",
                              "max_length")}  # the prompts kept are in the settings

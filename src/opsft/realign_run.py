@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .answers import answer_matches
 from .data import Example
-from .errors import OpsftError
+from .errors import OpsftError, nothing_left
 from .evaluation import completion_text, reference_answer
 from .generation import decoded_text, eos_token_ids
 from .hinted import LAMBDA_MODES, HintedDecodingConfig, hinted_decode
@@ -147,7 +147,7 @@ def run_realign(config: RealignConfig) -> dict:
     prompts = {i: (ids, prompt_ids(by_index[i].prompt, tokenizer)) for i, ids in hinted.items()}
     examples = [e for e in examples if e.index in prompts]
     if not examples:
-        raise OpsftError(f"{config.data}: no example left to realign ({len(skipped)} skipped)")
+        raise nothing_left(config.data, "example left to realign", skipped)
     marker = _pick_marker(config, examples)
     decoding = config.decoding(marker)
     eos = eos_token_ids(model, tokenizer)

@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import DataError, OpsftError
+from .errors import DataError, OpsftError, nothing_left
 from .jobs import prepare
 from .options import REQUIRED, Options, option
 from .rendering import fingerprint, prompt_format
@@ -69,8 +69,7 @@ def run_score(config: ScoreConfig) -> dict:
     if config.format == "parquet":
         check_parquet_rows([e.row for e in data.examples], config.data)
     if not tokenized:
-        raise OpsftError(f"{config.data}: no example left to score ({len(skipped)} skipped: "
-                         f"{dict(Counter(e.reason for e in skipped))})")
+        raise nothing_left(config.data, "example left to score", skipped)
     # the inputs' fingerprint: an edited data file or another tokenizer/template is a different run
     settings = {**config.settings(), "inputs_sha256": fingerprint(tokenized)}
     log = ResultLog(out / "progress.jsonl", settings, overwrite=config.overwrite)

@@ -21,7 +21,7 @@ from transformers import SchedulerType
 from transformers.pytorch_utils import Conv1D
 
 from .checkpoints import TrainingRun
-from .errors import OpsftError
+from .errors import OpsftError, nothing_left
 from .jobs import prepare
 from .losses import METHODS, LossConfig
 from .options import REQUIRED, option
@@ -119,8 +119,7 @@ def run_train(config: TrainConfig, *, callbacks=None) -> dict:
     data, model, tokenizer = prepared.data, prepared.model, prepared.tokenizer
     tokenized, skipped = prepared.tokenized, prepared.skipped
     if not tokenized:
-        raise OpsftError(f"{config.data}: no example left to train on ({len(skipped)} skipped: "
-                         f"{dict(Counter(e.reason for e in skipped))})")
+        raise nothing_left(config.data, "example left to train on", skipped)
     rows = {e.index: e for e in data.examples}
     quality = _quality_scores(config, tokenized, rows) if loss.needs_quality else None
     peft_config = lora_config(config, model)
@@ -182,7 +181,8 @@ def trl_arguments(config: TrainConfig, trl_config_class, *, default_lr: tuple[fl
         raise OpsftError(f"sft_args: TRL's {name} refused these options: {e}") from None
 
 
-LORA_LAYERS = (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d, Conv1D)
+LORA_LAYERS = (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, Conv1D,
+               torch.nn.MultiheadAttention)  # what PEFT's LoRA accepts
 
 
 def lora_config(config: TrainConfig, model):
