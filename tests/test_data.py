@@ -154,7 +154,7 @@ def test_rows_that_are_not_utf8_are_counted_skips(tmp_path):
     path.write_bytes(b'\xef\xbb\xbf{"prompt": "p", "completion": "c"}\n'  # a UTF-8 byte-order mark is fine
                      + '{"prompt": "caf\xe9", "completion": "c"}\n'.encode("latin-1")
                      + b'{"prompt": "p2", "completion": "c2"}\n')
-    with pytest.raises(DataError, match=r"d.jsonl: row 2: is not UTF-8 text \(byte 0xe9 at position 16\)"):
+    with pytest.raises(DataError, match=r"d.jsonl: row 2: is not UTF-8 text \(byte 0xe9 at column 16\)"):
         load_examples(str(path))
     data = load_examples(str(path), skip_invalid=True)
     assert [e.prompt for e in data.examples] == ["p", "p2"] and [e.reason for e in data.skipped] == ["not_utf8"]

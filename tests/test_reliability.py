@@ -34,7 +34,7 @@ BAD_FILES = {
     "unknown_columns.jsonl": "no 'prompt'/'completion' or 'messages' columns",
     "not_a_list.json": "not_a_list.json: expected a list of objects",
     "malformed.json": "malformed.json: malformed JSON at line 3",
-    "latin1.csv": "latin1.csv: is not UTF-8 text",
+    "latin1.csv": "latin1.csv: is not UTF-8 text (byte 0xe9 on line 3)",
     "truncated.parquet": "truncated.parquet: not a readable Parquet file",
     "unsupported.txt": "unsupported.txt: unsupported file type '.txt'",
     "no_such_file.jsonl": "no_such_file.jsonl: no such file",
@@ -70,7 +70,8 @@ BAD_OPTIONS = [
     (["lab", "--config", "lab_unknown_method.yaml"], "unknown methods 'ppo' for --methods"),
     (["lab", "--config", "lab_wrong_type.yaml"], "lab_wrong_type.yaml: token_budget must be a whole number "
                                                  "(got 'lots')"),
-    (["lab", "--config", "lab_bad_set.yaml"], "the lab's test sets: in_domain.sums: max_new_tokens must be >= 1 (got 0)"),
+    (["lab", "--config", "lab_bad_set.yaml"],
+     "the lab's test sets: in_domain.sums: max_new_tokens must be >= 1 (got 0)"),
 ]
 
 
@@ -168,7 +169,8 @@ def reliability_table(model) -> str:
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
             code = main(line)
         last = err.getvalue().strip().splitlines()[-1] if err.getvalue().strip() else ""
-        return code, last.replace(str(BAD) + "/", "").replace(str(Path(line[-1]).parent) + "/", "")
+        return code, last.replace(str(BAD) + "/", "").replace(str(BAD), "tests/data/bad").replace(
+            str(Path(line[-1]).parent) + "/", "")
 
     rows = ["| input (tests/data/bad/) | command | without --skip-invalid | with --skip-invalid |", "|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as tmp:

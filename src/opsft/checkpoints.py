@@ -25,7 +25,8 @@ from .resumable import settings_diff
 
 RUN_FILE = "opsft_run.json"
 CHECKPOINT_FILE = "opsft_checkpoint.json"
-OUTPUTS = ("final", "train_summary.json", "skipped.jsonl", "reference_logprobs.jsonl", RUN_FILE)  # besides checkpoint-N/
+# what a run leaves besides its checkpoint-N/ directories
+OUTPUTS = ("final", "train_summary.json", "skipped.jsonl", "reference_logprobs.jsonl", RUN_FILE)
 NOT_SETTINGS = ("output_dir", "resume", "overwrite", "progress", "report_to", "logging_steps", "save_steps",
                 "save_total_limit", "device")  # they change where and how a run reports, not what it learns
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import difflib
 import functools
+import io
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -133,10 +134,7 @@ def _read_records(source: str) -> Iterator[tuple[int | None, Any]]:
             return ((None, record) for record in table.to_pylist())
         if suffix == ".csv":
             try:
-                with path.open(newline="", encoding="utf-8-sig") as f:
-                    rows = list(csv.DictReader(f))
-            except UnicodeDecodeError as e:
-                raise OpsftError(f"{source}: {_not_utf8(e)}") from None
+                rows = list(csv.DictReader(io.StringIO(_utf8_text(path), newline="")))
             except csv.Error as e:
                 raise OpsftError(f"{source}: malformed CSV ({e})") from None
             return ((None, record) for record in rows)
@@ -152,8 +150,8 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
             try:
                 line = raw.decode("utf-8-sig" if line_number == 1 else "utf-8")
             except UnicodeDecodeError as e:
-                yield line_number, _Raising(DataError(_not_utf8(e), source=str(path), line=line_number,
-                                                      reason="not_utf8"))
+                yield line_number, _Raising(DataError(_not_utf8(e, f"at column {e.start + 1}"), source=str(path),
+                                                      line=line_number, reason="not_utf8"))
                 continue
             if not line.strip():
                 continue
@@ -164,9 +162,18 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
                                                       source=str(path), line=line_number, reason="malformed_json"))
 
 
-def _not_utf8(error: UnicodeDecodeError) -> str:
-    return (f"is not UTF-8 text (byte 0x{error.object[error.start]:02x} at position {error.start + 1}); "
-            f"re-save the file as UTF-8")
+def _not_utf8(error: UnicodeDecodeError, where: str) -> str:
+    return f"is not UTF-8 text (byte 0x{error.object[error.start]:02x} {where}); re-save the file as UTF-8"
+
+
+def _utf8_text(path: Path) -> str:
+    """A whole file's text; bytes that are not UTF-8 are an error naming the line they are on."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise OpsftError(f"{path}: {_not_utf8(e, f'on line {line}')}") from None
 
 
 def _first_line(error: Exception) -> str:
@@ -203,9 +210,7 @@ class _Raising:
 
 def _load_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8-sig"))
-    except UnicodeDecodeError as e:
-        raise OpsftError(f"{path}: {_not_utf8(e)}") from None
+        return json.loads(_utf8_text(path))
     except json.JSONDecodeError as e:
         raise OpsftError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
 
@@ -344,7 +349,8 @@ def _messages(value: Any, source: str, at: dict, name: str) -> Messages:
 def load_preferences(source: str, *, limit: int | None = None, skip_invalid: bool = False
                      ) -> tuple[list[dict[str, Any]], list[DataError]]:
     """Rows of TRL's preference shape {prompt, chosen, rejected} (all text, or a message-list prompt with
-    assistant-message answers) plus their 1-based `row` (and JSONL `line`) in the source, checked row by row like `load_examples`."""
+    assistant-message answers) plus their 1-based `row` (and JSONL `line`) in the source, checked row by row
+    like `load_examples`."""
     rows, skipped = [], []
     for _, at, record in _rows(_read_records(source), source, limit, skipped if skip_invalid else None):
         try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 
 class OpsftError(Exception):
     """An error in what the user asked for or handed us (not a bug). The CLI prints it on one line."""
@@ -29,8 +31,14 @@ class DataError(OpsftError):
         super().__init__(": ".join(where + [message]))
 
     def record(self) -> dict:
-        """The skipped row as written to skipped.jsonl and the like."""
+        """The skipped row as written to skipped.jsonl."""
         return {"row": self.row, "line": self.line, "field": self.field, "reason": self.reason, "error": str(self)}
+
+
+def write_skipped(path, skipped: list[DataError]) -> None:
+    """skipped.jsonl: one line per row left out, with its row, line, field, reason and message."""
+    with open(path, "w") as f:
+        f.writelines(json.dumps(error.record()) + "\n" for error in skipped)
 
 
 def nothing_left(source: str, what: str, skipped: list[DataError]) -> OpsftError:

@@ -21,17 +21,17 @@ eval_summary.json, eval_summary.md.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import re
 from collections import Counter
-import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .data import LoadedData, load_examples
 from .drift import drift_of, sample_base
-from .errors import OpsftError, nothing_left
+from .errors import OpsftError, nothing_left, write_skipped
 from .evaluation import accuracy_summary, sample_and_check
 from .generation import SamplingConfig
 from .options import REQUIRED, Options, option, read_yaml, typed
@@ -81,7 +81,8 @@ class EvalConfig(Options):
     progress: bool = option(True, "show progress bars")
 
     def rules(self):
-        return [greedy_rule(self.temperature, self.k, "--temperature", "--k"),
+        greedy_ok, greedy_message = greedy_rule(self.temperature, self.k, "--temperature", "--k")
+        return [(greedy_ok or self.suite is not None, greedy_message),  # a suite's sets are checked one by one
                 (self.data is None or self.suite is None, "give --data or --suite, not both")]
 
 
@@ -282,8 +283,7 @@ def _evaluate_set(s: EvalSet, data: LoadedData, model, tokenizer, config: EvalCo
               "finish_reasons": dict(Counter(sample["finish_reason"] for r in records for sample in r["samples"])),
               "rows_read": len(data.examples) + len(data.skipped),
               "skipped": dict(Counter(e.reason for e in skipped))}
-    with (directory / "skipped.jsonl").open("w") as f:
-        f.writelines(json.dumps(e.record()) + "\n" for e in skipped)
+    write_skipped(directory / "skipped.jsonl", skipped)
     return result
 
 
@@ -310,8 +310,7 @@ def _base_samples(config: EvalConfig, drift: dict, out: Path):
                 seed=config.seed, batch_size=config.batch_size, log=log)
     del model
     gc.collect()
-    with (out / "drift" / "skipped.jsonl").open("w") as f:
-        f.writelines(json.dumps(e.record()) + "\n" for e in skipped)
+    write_skipped(out / "drift" / "skipped.jsonl", skipped)
     read = {"rows_read": len(loaded.examples) + len(loaded.skipped), "prompts": len(prompts),
             "skipped": dict(Counter(e.reason for e in skipped))}
     return prompts, log.records(), read

@@ -1,18 +1,13 @@
-"""What the job commands (score, realign, train) share: their config fields and how every one starts."""
+"""What the job commands (score, realign, train) share: how every one starts."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .data import LoadedData, load_examples
 from .errors import DataError
 from .models import load_model
 from .rendering import TokenizedExample, tokenize_dataset
-
-
-def option(default, help_text, **extra):
-    """A config field with its command-line help (and choices, ...)."""
-    return field(default=default, metadata={"help": help_text, **extra})
 
 
 @dataclass

@@ -102,8 +102,8 @@ def load_model(name: str, *, adapter: str | None = None, device: str | torch.dev
         try:
             model, tokenizer = _from_pretrained(path, dtype)
         except (OSError, ValueError, KeyError) as e:  # no tokenizer, unknown architecture, broken files
-            raise OpsftError(f"model '{name}': could not be loaded from {path} "
-                             f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
+            why = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise OpsftError(f"model '{name}': could not be loaded from {path} ({type(e).__name__}: {why})") from None
     elif Path(path).exists():
         raise OpsftError(f"model '{name}': is a file, not a model directory, a built-in alias or a hub id")
     else:

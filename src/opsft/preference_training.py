@@ -24,7 +24,7 @@ import numpy as np
 
 from .checkpoints import TrainingRun
 from .data import load_preferences
-from .errors import DataError, OpsftError, nothing_left
+from .errors import DataError, nothing_left
 from .models import load_model
 from .rendering import prompt_fills_max_length, prompt_format, render_plain, text_of, tokenize_example
 from .train_run import TrainConfig, lora_config, train_and_save, trl_arguments

@@ -20,7 +20,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import OpsftError, nothing_left
+from .errors import nothing_left, write_skipped
 from .evaluation import completion_text, sample_and_check
 from .generation import SamplingConfig
 from .options import REQUIRED, Options, option
@@ -125,8 +125,7 @@ def run_prefs(config: PrefsConfig) -> dict:
         f.writelines(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs)
     with (out / "samples.jsonl").open("w") as f:
         f.writelines(json.dumps({"row": r["index"] + 1, **r}, ensure_ascii=False) + "\n" for r in log.records())
-    with (out / "skipped.jsonl").open("w") as f:
-        f.writelines(json.dumps(e.record()) + "\n" for e in skipped)
+    write_skipped(out / "skipped.jsonl", skipped)
     samples = [s for r in log.records() for s in r["samples"]]
     summary = {
         "run": {**asdict(config), "prompt_format": rendering},

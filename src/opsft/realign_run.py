@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .answers import answer_matches
 from .data import Example
-from .errors import OpsftError, nothing_left
+from .errors import nothing_left, write_skipped
 from .evaluation import completion_text, reference_answer
 from .generation import decoded_text, eos_token_ids
 from .hinted import LAMBDA_MODES, HintedDecodingConfig, hinted_decode
@@ -97,7 +97,8 @@ class RealignConfig(Options):
     def rules(self):
         return [template_rule(self.hint_template, {"question", "solution"}, "--hint-template"),
                 template_rule(self.analysis_template, {"question", "solution"}, "--analysis-template"),
-                (self.h1 <= self.h2, f"--h1 ({self.h1}) must be <= --h2 ({self.h2}): lam rises from 0 at h1 to 1 at h2")]
+                (self.h1 <= self.h2,
+                 f"--h1 ({self.h1}) must be <= --h2 ({self.h2}): lam rises from 0 at h1 to 1 at h2")]
 
     def decoding(self, marker: str | None) -> HintedDecodingConfig:
         names = {f.name for f in fields(HintedDecodingConfig)} - {"answer_marker", "hinted_first_token"}
@@ -295,8 +296,7 @@ def _write_outputs(out, config, data, examples, records, skipped, marker, throug
         f.writelines(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in kept)
     with (out / "dropped.jsonl").open("w") as f:
         f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in dropped)
-    with (out / "skipped.jsonl").open("w") as f:
-        f.writelines(json.dumps(e.record()) + "\n" for e in skipped)
+    write_skipped(out / "skipped.jsonl", skipped)
     before = [r["phi_mean_original"] for r in records]
     after = [r["phi_mean_rewrite"] for r in records if r["phi_mean_rewrite"] is not None]
     after_kept = [row["realign"]["phi_mean_rewrite"] for row in kept]

@@ -41,7 +41,8 @@ class ResultLog:
             if number == 0:
                 if item.get("settings") != self.settings:
                     raise OpsftError(
-                        f"{self.path} holds a run with other settings ({settings_diff(item.get('settings'), self.settings)}); "
+                        f"{self.path} holds a run with other settings "
+                        f"({settings_diff(item.get('settings'), self.settings)}); "
                         f"use another output directory or --overwrite")
             else:
                 self._records[item["index"]] = item

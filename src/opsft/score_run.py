@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import DataError, OpsftError, nothing_left
+from .errors import DataError, OpsftError, nothing_left, write_skipped
 from .jobs import prepare
 from .options import REQUIRED, Options, option
 from .rendering import fingerprint, prompt_format
@@ -128,8 +128,7 @@ def _write_outputs(out, config, examples, scored, skipped: list[DataError], summ
     else:
         with (out / "scored.jsonl").open("w") as f:
             f.writelines(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in rows)
-    with (out / "skipped.jsonl").open("w") as f:
-        f.writelines(json.dumps(e.record()) + "\n" for e in skipped)
+    write_skipped(out / "skipped.jsonl", skipped)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "summary.md").write_text(format_markdown(summary))
     plot_histogram(scored, summary, out / "phi_hist.png")

@@ -21,7 +21,7 @@ from transformers import SchedulerType
 from transformers.pytorch_utils import Conv1D
 
 from .checkpoints import TrainingRun
-from .errors import OpsftError, nothing_left
+from .errors import OpsftError, nothing_left, write_skipped
 from .jobs import prepare
 from .losses import METHODS, LossConfig
 from .options import REQUIRED, option
@@ -244,8 +244,7 @@ def train_and_save(trainer, run: TrainingRun, config: TrainConfig, tokenizer, *,
         "resumed_from": run.resume_from,
         "log_history": history,
     }
-    with (out / "skipped.jsonl").open("w") as f:
-        f.writelines(json.dumps(e.record()) + "\n" for e in skipped)
+    write_skipped(out / "skipped.jsonl", skipped)
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     losses = [h["loss"] for h in history if "loss" in h]
     if losses:
