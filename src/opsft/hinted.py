@@ -35,8 +35,8 @@ class HintedDecodingConfig:
     lambda_mode: str = "linear"
     beta: float = 3.0  # slope (linear) or steepness (sigmoid)
     center: float = 0.5  # sigmoid centre, in units of log V
-    h1: float = 0.2  # piecewise: lam = 0 below
-    h2: float = 0.6  # piecewise: lam = 1 above
+    h1: float = 0.3  # piecewise: lam = 0 below (the authors: 0.3)
+    h2: float = 0.7  # piecewise: lam = 1 above (the authors: 0.7)
     temperature: float = 1.0  # 0 = greedy; 1 samples the mixture itself (on-policy: phi ~ 0 at tau = 1)
     top_p: float = 1.0  # the authors: top-p 0.95 then temperature 0.3 (scores positive at tau = 1)
     max_new_tokens: int = 512

@@ -73,8 +73,8 @@ class RealignConfig(Options):
     beta: float = option(3.0, "linear slope / sigmoid steepness of f (0: follow the hinted stream only)",
                          at_least=0)
     center: float = option(0.5, "sigmoid centre of f (in units of log V)", at_least=0, at_most=1)
-    h1: float = option(0.2, "piecewise: lam = 0 below (in units of log V)", at_least=0, at_most=1)
-    h2: float = option(0.6, "piecewise: lam = 1 above (in units of log V)", at_least=0, at_most=1)
+    h1: float = option(0.3, "piecewise: lam = 0 below (in units of log V; as the authors)", at_least=0, at_most=1)
+    h2: float = option(0.7, "piecewise: lam = 1 above (in units of log V; as the authors)", at_least=0, at_most=1)
     temperature: float = option(1.0, "sampling temperature after top-p (0: greedy; the authors used 0.3, "
                                      "which makes rewrites score positive at tau = 1)", at_least=0)
     top_p: float = option(1.0, "nucleus kept before sampling (the authors: 0.95)", above=0, at_most=1)
