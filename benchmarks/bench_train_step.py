@@ -28,7 +28,7 @@ import time
 # child tracks the peak of live tensors instead of the C allocator's retained free lists.
 CHILD_ENV = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "16384"}
 
-METHODS = ["sft", "dft", "idft", "iwsft", "sftq"]
+METHODS = ["sft", "dft", "idft", "iwsft", "sftq", "eaft", "asft"]
 
 
 def _status(field: str) -> int:

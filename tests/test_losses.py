@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from opsft.errors import OpsftError
-from opsft.losses import LossConfig, idft_gamma, idft_lambda, token_weights, weighted_nll
+from opsft.losses import LossConfig, family_loss, idft_gamma, idft_lambda, token_weights, weighted_nll
 
 B, T, V = 3, 7, 11
 
@@ -41,6 +41,8 @@ CONFIGS = {
     "iwsft_sequence": LossConfig("iwsft", iw_kappa=0.7, iw_w_max=3.0),
     "iwsft_token": LossConfig("iwsft", iw_level="token"),
     "sftq": LossConfig("sftq"),
+    "eaft": LossConfig("eaft"),
+    "eaft_alpha": LossConfig("eaft", eaft_alpha=2.5),
 }
 
 
@@ -75,6 +77,10 @@ def reference_weights(config: LossConfig, logits, targets, mask, ref, quality, p
                         config.iw_clip_high)
                 elif config.loss == "sftq":
                     w[b, t] = quality[b]
+                elif config.loss == "eaft":
+                    probs = F.softmax(logits[b, t], -1)
+                    entropy = -(probs * probs.log()).sum().item()
+                    w[b, t] = (entropy / math.log(V)) ** config.eaft_alpha
     return w
 
 
@@ -84,7 +90,8 @@ def test_gradient_wrt_logits_is_w_times_softmax_minus_onehot_over_n(name, progre
     config = CONFIGS[name]
     logits, targets, mask, ref, quality = batch()
     log_probs, entropy = forward(logits, targets)
-    terms = token_weights(config, log_probs, entropy, mask, progress=progress, ref_log_probs=ref, quality=quality)
+    terms = token_weights(config, log_probs, entropy, mask, progress=progress, ref_log_probs=ref, quality=quality,
+                          vocab_size=V)
     n = int(mask.sum()) + 5  # the global batch may hold more tokens than this micro-batch
     (grad,) = torch.autograd.grad(weighted_nll(log_probs, terms.weights, n), logits)
 
@@ -92,6 +99,60 @@ def test_gradient_wrt_logits_is_w_times_softmax_minus_onehot_over_n(name, progre
     torch.testing.assert_close(terms.weights.detach(), w, atol=1e-12, rtol=1e-10)
     analytic = w[..., None] * (F.softmax(logits.detach(), -1) - F.one_hot(targets, V)) / n
     torch.testing.assert_close(grad, analytic, atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.parametrize("anchor", [0.1, 0.7])
+def test_asft_is_dft_plus_the_k3_anchor_in_value_and_gradient(anchor):
+    """Per token, from the float64 full softmax: l = -sg(p) log p + mu sg(p) (p_ref/p - log(p_ref/p) - 1), so
+    dl/dz = [p - mu (p - p_ref)] (softmax - onehot)."""
+    logits, targets, mask, ref, _ = batch()
+    log_probs, entropy = forward(logits, targets)
+    terms = token_weights(LossConfig("asft", asft_anchor=anchor), log_probs, entropy, mask, ref_log_probs=ref)
+    n = int(mask.sum()) + 5
+    loss = family_loss(log_probs, terms, n)
+    (grad,) = torch.autograd.grad(loss, logits)
+    expected_loss, analytic = 0.0, torch.zeros_like(grad)
+    with torch.no_grad():
+        for b in range(B):
+            for t in range(T):
+                if not mask[b, t]:
+                    continue
+                probs = F.softmax(logits[b, t], -1)
+                p, p_ref = probs[targets[b, t]].item(), math.exp(ref[b, t].item())
+                expected_loss += -p * math.log(p) + anchor * p * (p_ref / p - math.log(p_ref / p) - 1)
+                analytic[b, t] = (p - anchor * (p - p_ref)) * (probs - F.one_hot(targets[b, t], V)) / n
+    assert loss.item() == pytest.approx(expected_loss / n, rel=1e-12)
+    torch.testing.assert_close(grad, analytic, atol=1e-12, rtol=1e-10)
+    assert (terms.stats["k3"] >= 0).all() and terms.stats["k3"].numel() == int(mask.sum())
+
+
+def test_asft_without_its_anchor_is_dft_exactly_and_needs_no_reference():
+    logits, targets, mask, ref, _ = batch()
+    log_probs, entropy = forward(logits, targets)
+    n = int(mask.sum())
+    dft = family_loss(log_probs, token_weights(LossConfig("dft"), log_probs, entropy, mask), n)
+    asft = family_loss(log_probs, token_weights(LossConfig("asft", asft_anchor=0.0), log_probs, entropy, mask), n)
+    assert asft.item() == dft.item()
+    assert torch.equal(torch.autograd.grad(asft, logits, retain_graph=True)[0], torch.autograd.grad(dft, logits)[0])
+    assert not LossConfig("asft", asft_anchor=0.0).needs_reference and LossConfig("asft").needs_reference
+    # where the model still is the reference, the anchor is 0 and its gradient too: ASFT starts as DFT
+    at_start = token_weights(LossConfig("asft"), log_probs, entropy, mask, ref_log_probs=log_probs.detach())
+    assert at_start.anchor.abs().max().item() == 0.0
+
+
+def test_eaft_weight_is_the_normalised_entropy_of_the_full_distribution():
+    """EAFT's weight from H over all V logits (what TRL's fused head returns), not a top-k approximation."""
+    logits, targets, mask, *_ = batch()
+    log_probs, entropy = forward(logits, targets)
+    weights = token_weights(LossConfig("eaft"), log_probs, entropy, mask, vocab_size=V).weights
+    probs = F.softmax(logits.detach(), -1)
+    full = -(probs * probs.log()).sum(-1) / math.log(V)
+    torch.testing.assert_close(weights, full * mask, atol=1e-15, rtol=1e-13)
+    assert 0 < weights[mask].min() and weights[mask].max() <= 1
+    uniform = torch.zeros(1, 2, V, dtype=torch.float64)  # maximal entropy: weight 1, i.e. SFT
+    u_log_probs, u_entropy = forward(uniform, torch.zeros(1, 2, dtype=torch.long))
+    assert token_weights(LossConfig("eaft"), u_log_probs, u_entropy, torch.ones(1, 2, dtype=torch.bool),
+                         vocab_size=V).weights[0].tolist() == pytest.approx([1.0, 1.0])
 
 
 def test_idft_legacy_keeps_p_gamma_in_the_gradient_and_flips_its_sign():

@@ -59,6 +59,7 @@ METHODS = {
     "iwsft": {}, "iwsft_token": {"loss": "iwsft", "iw_level": "token"}, "iwsft_frozen": {"loss": "iwsft",
                                                                                             "iw_reference": "frozen"},
     "sftq": {}, "sftq_sample": {"loss": "sftq", "quality_mode": "sample"},
+    "eaft": {}, "asft": {}, "asft_frozen": {"loss": "asft", "iw_reference": "frozen", "asft_anchor": 1.0},
 }
 
 
@@ -84,6 +85,9 @@ def test_every_method_lowers_the_nll_and_changes_the_weights(model_dir, data_pat
         assert logged(summary, "idft/lambda") == [1.0] * 12 and logged(summary, "idft/gamma_mean")
     if options["loss"] == "iwsft" and options.get("iw_level", "sequence") == "sequence":
         assert logged(summary, "iwsft/sequence_weight_mean")[0] == pytest.approx(1.0)  # step 0: SFT
+    if options["loss"] == "asft":  # the anchor is 0 at step 0 (the model is its reference) and grows after
+        k3 = logged(summary, "asft/k3_mean")
+        assert k3[0] == pytest.approx(0.0, abs=1e-6) and k3[-1] > 1e-4
 
 
 class RecordGradients(TrainerCallback):
@@ -94,7 +98,8 @@ class RecordGradients(TrainerCallback):
         self.grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("name", ["sft", "dft", "idft", "iwsft", "iwsft_token", "sftq", "sftq_sample"])
+@pytest.mark.parametrize("name", ["sft", "dft", "idft", "iwsft", "iwsft_token", "sftq", "sftq_sample", "eaft",
+                                  "asft"])
 def test_gradient_accumulation_does_not_change_the_gradient(model_dir, data_path, tmp_path, name):
     options = {"loss": name, **METHODS.get(name, {})}
     grads = []

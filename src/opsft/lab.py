@@ -34,6 +34,7 @@ from .options import Options, option
 
 METHODS = {  # method -> (loss, training data)
     "sft": ("sft", "raw"), "dft": ("dft", "raw"), "idft": ("idft", "raw"), "iwsft": ("iwsft", "raw"),
+    "eaft": ("eaft", "raw"), "asft": ("asft", "raw"), "idft_legacy": ("idft_legacy", "raw"),
     "sft_realigned": ("sft", "realigned"), "idft_realigned": ("idft", "realigned"),
     "dpo": ("dpo", "prefs"), "simpo": ("simpo", "prefs"),
 }

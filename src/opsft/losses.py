@@ -1,6 +1,8 @@
 """The per-token weighted SFT loss family (SPEC §2).
 
-    L = (1/N) sum_t w_t * (-log p_theta(y_t))      over the completion tokens of the (global) batch
+    L = (1/N) sum_t [w_t * (-log p_theta(y_t)) + a_t]      over the completion tokens of the (global) batch
+
+a_t, an anchor term, is 0 except for ASFT.
 
 w_t carries no gradient and N counts the completion tokens of the whole accumulated, data-parallel
 batch (TRL's `num_items_in_batch`), so gradient accumulation and the number of processes leave the
@@ -14,6 +16,17 @@ result unchanged. The gradient with respect to the logits z_t is w_t * (softmax(
 | iwsft (seq.) | sg(clamp(exp(kappa * mean_t[log p_theta - log p_ref]), 0, w_max)), per example   |
 | iwsft (tok.) | sg(clamp(exp(log p_theta - log p_ref), clip_low, clip_high))                     |
 | sftq         | q_b, the example's quality score (or sample examples in proportion to q_b)       |
+| eaft         | sg((H(p_t) / ln V) ** alpha), V the vocabulary size (Entropy-Adaptive FT, arXiv 2601.02151) |
+| asft         | sg(p_t(y_t)) as DFT, plus a_t = mu * sg(p_t(y_t)) * k3_t, k3_t = exp(r_t) - r_t - 1, r_t = log p_ref(y_t) - log p_theta(y_t) |
+
+ASFT (Anchored SFT, arXiv 2509.23753) ties DFT to the initial model with a KL anchor. Its published form
+takes KL(p_theta || p_ref) over the whole vocabulary at every position, which needs both models' [B, T, V]
+logits. Here the anchor is the data token's own share of that KL, from the same per-token reference
+log-probs as iw-SFT: the k3 estimate of log(p_theta / p_ref) at y_t, weighted by sg(p_t(y_t)) as DFT weights
+its NLL. k3 >= 0 and is 0 where p_theta(y_t) = p_ref(y_t); the anchor's gradient on log p_theta(y_t) is
+mu * (p - p_ref), which agrees to first order with the full KL's gradient on that token's logit,
+p * (log(p / p_ref) - KL). With DFT's, the token's step is (1 - mu) p + mu p_ref: DFT slowed toward the
+reference's probability, never a vocabulary-wide tensor. With mu = 0 it is DFT exactly.
 
 `idft_legacy` is the authors' pre-2026-03-13 IDFT, with p ** gamma left inside the gradient (only gamma
 detached): an ablation, never a default. It flips the gradient's sign for p < exp(-1/gamma).
@@ -23,11 +36,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import math
+
 import torch
 
 from .options import Options, option
 
-METHODS = ("sft", "dft", "idft", "idft_legacy", "iwsft", "sftq")
+METHODS = ("sft", "dft", "idft", "idft_legacy", "iwsft", "sftq", "eaft", "asft")
 
 
 @dataclass
@@ -48,6 +63,8 @@ class LossConfig(Options):
     iw_clip_high: float = option(1.8, "iw-SFT (token): upper clip of the ratio", above=0)
     quality_mode: str = option("weight", "SFT(Q): weight tokens by quality, or sample examples in proportion "
                                          "to it", choices=["weight", "sample"])
+    eaft_alpha: float = option(1.0, "EAFT: w = (H / ln V) ** alpha", at_least=0)
+    asft_anchor: float = option(0.1, "ASFT: weight mu of the KL anchor to the initial model (0: DFT)", at_least=0)
 
     def rules(self):
         return [
@@ -61,7 +78,7 @@ class LossConfig(Options):
 
     @property
     def needs_reference(self) -> bool:
-        return self.loss == "iwsft"
+        return self.loss == "iwsft" or (self.loss == "asft" and self.asft_anchor > 0)
 
     @property
     def needs_quality(self) -> bool:
@@ -72,6 +89,7 @@ class LossConfig(Options):
 class TokenWeights:
     weights: torch.Tensor  # [B, T], zero off the completion; no gradient except for idft_legacy
     stats: dict[str, torch.Tensor] = field(default_factory=dict)  # detached, for logging
+    anchor: torch.Tensor | None = None  # [B, T] a_t, with its gradient, zero off the completion (ASFT)
 
 
 def idft_lambda(progress: float, warmup_ratio: float = 0.0, transition_ratio: float = 0.0) -> float:
@@ -91,11 +109,11 @@ def idft_gamma(phi: torch.Tensor, lam: float, beta: float = 1.0, gamma_min: floa
 
 def token_weights(config: LossConfig, log_probs: torch.Tensor, entropy: torch.Tensor | None, mask: torch.Tensor, *,
                   progress: float = 0.0, ref_log_probs: torch.Tensor | None = None,
-                  quality: torch.Tensor | None = None) -> TokenWeights:
-    """w_t for `config.loss` from per-token log p_theta(y_t) and H(p_t) ([B, T]) and the completion mask.
+                  quality: torch.Tensor | None = None, vocab_size: int | None = None) -> TokenWeights:
+    """w_t (and a_t) for `config.loss` from per-token log p_theta(y_t) and H(p_t) ([B, T]) and the completion mask.
 
-    `ref_log_probs` ([B, T], aligned with log_probs) is needed by iwsft, `quality` ([B]) by sftq;
-    `progress` in [0, 1] drives IDFT's lam schedule.
+    `ref_log_probs` ([B, T], aligned with log_probs) is needed by iwsft and asft, `quality` ([B]) by sftq,
+    `vocab_size` by eaft; `progress` in [0, 1] drives IDFT's lam schedule.
     """
     mask = mask.to(log_probs.dtype)
     log_p = log_probs.detach()
@@ -132,6 +150,20 @@ def token_weights(config: LossConfig, log_probs: torch.Tensor, entropy: torch.Te
         if quality is None:
             raise ValueError("SFT(Q) needs per-example quality scores")
         weights = quality.to(log_p.dtype)[:, None].expand_as(log_p)
+    elif method == "eaft":
+        if entropy is None or vocab_size is None:
+            raise ValueError("EAFT needs the entropy of p_t and the vocabulary size")
+        weights = (entropy.detach().clamp(min=0) / math.log(vocab_size)) ** config.eaft_alpha
+    elif method == "asft":
+        weights = log_p.exp()
+        if config.asft_anchor > 0:
+            if ref_log_probs is None:
+                raise ValueError("ASFT needs reference log-probs")
+            r = torch.where(mask.bool(), ref_log_probs - log_probs, 0.0)  # 0 off the completion: no overflow there
+            k3 = torch.exp(r) - r - 1
+            stats.update(k3=k3[mask.bool()])
+            anchor = config.asft_anchor * weights * k3
+            return TokenWeights(weights * mask, {k: v.detach() for k, v in stats.items()}, anchor)
     else:
         raise ValueError(f"unknown loss '{method}'")  # LossConfig allows only METHODS
     return TokenWeights(weights * mask, {k: v.detach() for k, v in stats.items()})
@@ -140,3 +172,11 @@ def token_weights(config: LossConfig, log_probs: torch.Tensor, entropy: torch.Te
 def weighted_nll(log_probs: torch.Tensor, weights: torch.Tensor, num_tokens: torch.Tensor | int) -> torch.Tensor:
     """(1/N) sum_t w_t * (-log p(y_t)); N = completion tokens of the global batch (at least 1)."""
     return (weights * -log_probs).sum() / torch.as_tensor(num_tokens, device=log_probs.device).clamp(min=1)
+
+
+def family_loss(log_probs: torch.Tensor, terms: TokenWeights, num_tokens: torch.Tensor | int) -> torch.Tensor:
+    """L = (1/N) sum_t [w_t * (-log p(y_t)) + a_t]: weighted_nll, plus the anchor where the method has one."""
+    loss = weighted_nll(log_probs, terms.weights, num_tokens)
+    if terms.anchor is None:
+        return loss
+    return loss + terms.anchor.sum() / torch.as_tensor(num_tokens, device=log_probs.device).clamp(min=1)

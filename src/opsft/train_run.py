@@ -49,9 +49,9 @@ class TrainConfig(LossConfig):
     max_length: int = option(1024, "token limit of prompt + completion; longer completions are truncated",
                              at_least=2)
     quality_field: str | None = option(None, "SFT(Q): column holding each example's quality score (>= 0)")
-    iw_reference: str = option("precompute", "iw-SFT reference log-probs: precompute (once, with the initial "
-                                              "model), frozen (a frozen copy during training), or field "
-                                              "(a column of the data)", choices=["precompute", "frozen", "field"])
+    iw_reference: str = option("precompute", "iw-SFT's and ASFT's reference log-probs: precompute (once, with "
+                                              "the initial model), frozen (a frozen copy during training), or "
+                                              "field (a column of the data)", choices=["precompute", "frozen", "field"])
     ref_logprobs_field: str = option("token_logprob", "with --iw-reference field: the column of per-token "
                                                        "log-probs (opsft score --save-tokens writes it)")
     learning_rate: float | None = option(None, "peak learning rate (default 1e-5, or 2e-4 with --lora)", above=0)

@@ -19,7 +19,7 @@ from torch.nn.utils.rnn import pad_sequence
 from trl import SFTTrainer
 from trl.trainer import add_fused_lm_head
 
-from .losses import LossConfig, token_weights, weighted_nll
+from .losses import LossConfig, family_loss, token_weights
 from .rendering import TokenizedExample
 
 REF_COLUMN, QUALITY_COLUMN = "ref_log_probs", "quality"
@@ -93,9 +93,10 @@ class FamilySFTTrainer(SFTTrainer):
             ref_log_probs = ref_log_probs[:, 1:] if ref_log_probs is not None else self._reference(model, inputs)
         progress = self.state.global_step / self.state.max_steps if self.state.max_steps else 0.0
         terms = token_weights(self.loss_config, outputs.log_probs, outputs.entropy, outputs.label_mask,
-                              progress=progress, ref_log_probs=ref_log_probs, quality=quality)
+                              progress=progress, ref_log_probs=ref_log_probs, quality=quality,
+                              vocab_size=self.accelerator.unwrap_model(model).config.vocab_size)
         num_tokens = outputs.label_mask.sum() if num_items_in_batch is None else num_items_in_batch
-        loss = weighted_nll(outputs.log_probs, terms.weights, num_tokens)
+        loss = family_loss(outputs.log_probs, terms, num_tokens)
         # As TRL: num_items_in_batch counts every rank's tokens, and DDP averages gradients across ranks
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * (self.accelerator.num_processes // self.get_tp_size())
@@ -122,6 +123,10 @@ class FamilySFTTrainer(SFTTrainer):
         def mean(values):
             return gather((values.detach().float() * mask).sum()).sum() / n
 
+        def pooled_mean(values):  # each process may hold a different number of values: gather sums and counts
+            total = gather(values.detach().float().sum()).sum()
+            return (total / gather(torch.tensor(values.numel(), device=total.device)).sum().clamp(min=1)).item()
+
         metrics["nll"].append(mean(-outputs.log_probs).item())  # plain SFT loss, comparable across methods
         metrics["entropy"].append(mean(outputs.entropy).item())
         metrics["mean_token_accuracy"].append(mean(outputs.is_top1).item())
@@ -137,11 +142,14 @@ class FamilySFTTrainer(SFTTrainer):
             metrics["idft/gamma_mean"].append(mean(stats["gamma"]).item())
             metrics["idft/lambda"].append(float(stats["lam"]))
         if "sequence_weight" in stats:
-            sequence_weights = gather(stats["sequence_weight"])
-            metrics["iwsft/sequence_weight_mean"].append(sequence_weights.mean().item())
-            metrics["iwsft/sequence_weight_max"].append(sequence_weights.max().item())
+            sequence_weights = stats["sequence_weight"].detach().float()
+            largest = sequence_weights.max() if sequence_weights.numel() else sequence_weights.new_tensor(float("-inf"))
+            metrics["iwsft/sequence_weight_mean"].append(pooled_mean(sequence_weights))
+            metrics["iwsft/sequence_weight_max"].append(gather(largest).max().item())
         if "clipped" in stats:
-            metrics["iwsft/clipped_fraction"].append(gather(stats["clipped"].float()).mean().item())
+            metrics["iwsft/clipped_fraction"].append(pooled_mean(stats["clipped"]))
+        if "k3" in stats:  # ASFT's anchor: the k3 estimate per completion token, before its weight mu
+            metrics["asft/k3_mean"].append(pooled_mean(stats["k3"]))
         if mode == "train":
             self._total_train_tokens += gather(inputs["attention_mask"].sum()).sum().item()
         metrics["num_tokens"] = [self._total_train_tokens]
