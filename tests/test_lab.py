@@ -153,3 +153,44 @@ def test_shipped_lab_configs_are_valid_labs(tmp_path):
         sets, drift = eval_sets(EvalConfig(model=settings["model"], suite=str(suite)))
         assert {s.name for s in sets} == {*settings["in_domain"], *settings["out_of_domain"]}, path
         assert drift["base"] == settings["model"], path
+
+
+def test_methods_are_named_or_loss_at_data():
+    from opsft.errors import OpsftError
+    from opsft.lab import LabConfig, method_spec
+
+    assert method_spec("sft_realigned") == ("sft", "realigned") and method_spec("eaft@rejection") == ("eaft", "rejection")
+    assert method_spec("asft@raw") == ("asft", "raw") and method_spec("simpo@prefs") == ("simpo", "prefs")
+    for bad in ("ppo@raw", "sft@prefs", "dpo@raw", "idft@test", "sft@"):
+        with pytest.raises(OpsftError, match=f"unknown lab method '{bad}'"):
+            method_spec(bad)
+    assert LabConfig(methods=["sft", "eaft@rejection"]).methods == ["sft", "eaft@rejection"]
+    with pytest.raises(OpsftError, match="unknown lab method 'ppo'"):
+        LabConfig(methods=["ppo"])
+
+
+def test_rejection_data_are_the_models_answers_to_training_problems_only(tiny_lab):
+    """The tiny profile keeps every finished answer (a plumbing check: its random model is never right); the
+    rows are the base model's own samples of training problems, none of them a test problem."""
+    import yaml
+
+    from opsft.data import load_examples
+
+    out = tiny_lab
+    rows = [json.loads(line) for line in (out / "rejection" / "rejection.jsonl").read_text().splitlines()]
+    samples = {r["row"]: r["samples"] for r in map(json.loads, (out / "rejection" / "samples.jsonl").read_text()
+                                                   .splitlines())}
+    train = [json.loads(line)["question"] for line in (out / "data" / "train.jsonl").read_text().splitlines()]
+    suite = yaml.safe_load((out / "data" / "suite.yaml").read_text())
+    tests = {e.prompt[-1]["content"] if isinstance(e.prompt, list) else e.prompt
+             for group in ("in_domain", "out_of_domain") for data in suite[group].values()
+             for e in load_examples(data).examples}
+    assert rows and all(row["question"] in train and row["question"] not in tests for row in rows)
+    for row in rows:
+        own = samples[row["rejection"]["source_row"]][row["rejection"]["sample"]]
+        assert own["text"] == row["completion"][0]["content"] and own["finish_reason"] == "eos"
+    summary = json.loads((out / "rejection" / "summary.json").read_text())
+    assert summary["prompts"] == len(train) == summary["prompts_kept"] + summary["prompts_without_answer"]
+    assert (out / "score" / "rejection" / "summary.json").exists()  # its phi_mean is in the report
+    runs = json.loads((out / "stages" / "5-train.json").read_text())["runs"]
+    assert "skipped" not in runs["sft_rejection-seed0"] and "skipped" not in runs["idft_rejection-seed0"]

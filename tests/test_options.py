@@ -111,7 +111,7 @@ def test_range_messages_name_the_bound():
     ("train", dict(lr_scheduler_type="warmup"), "unknown lr scheduler type 'warmup' for --lr-scheduler-type"),
     ("train", dict(idft_gamma_min=3.0), "need --idft-gamma-min <= --idft-gamma-max"),
     ("compare", dict(names=["a", "b"]), "--names: one per run (1), got 2"),
-    ("lab", dict(methods=["sft", "ppo"]), "unknown methods 'ppo' for --methods"),
+    ("lab", dict(methods=["sft", "ppo"]), "unknown lab method 'ppo'"),
     ("lab", dict(seeds=[]), "--seeds: give at least one seed"),
 ])
 def test_rules_between_options(command, values, message):

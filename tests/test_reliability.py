@@ -14,7 +14,7 @@ import pytest
 from opsft.cli import main
 
 BAD = Path(__file__).parent / "data" / "bad"
-DATA_COMMANDS = ("score", "realign", "train", "eval", "prefs")
+DATA_COMMANDS = ("score", "realign", "train", "eval", "prefs", "rejection")
 
 # file -> (reason the bad row is counted under with --skip-invalid, what the error says without it)
 BAD_ROWS = {
@@ -67,7 +67,7 @@ BAD_OPTIONS = [
     (["compare", "--runs", "compare/not_a_summary"], "train_summary.json: not an opsft summary (no method)"),
     (["compare", "--runs", "compare/empty"], "compare/empty: no eval_summary.json or train_summary.json"),
     (["compare", "--runs", "compare/missing"], "compare/missing: no such directory"),
-    (["lab", "--config", "lab_unknown_method.yaml"], "unknown methods 'ppo' for --methods"),
+    (["lab", "--config", "lab_unknown_method.yaml"], "unknown lab method 'ppo': use one of sft, dft"),
     (["lab", "--config", "lab_wrong_type.yaml"], "lab_wrong_type.yaml: token_budget must be a whole number "
                                                  "(got 'lots')"),
     (["lab", "--config", "lab_bad_set.yaml"],
@@ -84,6 +84,7 @@ def command_line(command: str, model, data: str, out: Path, *extra) -> list[str]
         "train": ["train", *io, "--output-dir", str(out), "--max-steps", "1", "--per-device-train-batch-size", "2"],
         "eval": ["eval", *io, "--out", str(out), "--max-new-tokens", "4"],
         "prefs": ["prefs", *io, "--out", str(out), "--k", "2", "--max-new-tokens", "4"],
+        "rejection": ["rejection", *io, "--out", str(out), "--k", "2", "--max-new-tokens", "4"],
     }[command] + list(extra)
 
 
@@ -121,7 +122,7 @@ def counted(command: str, out: Path) -> tuple[int, int, dict]:
         (s,) = json.loads((out / "eval_summary.json").read_text())["sets"].values()
         return s["rows_read"], s["problems"], s["skipped"]
     s = json.loads((out / "summary.json").read_text())
-    used = {"score": "n_examples", "realign": "decoded", "prefs": "prompts"}[command]
+    used = {"score": "n_examples", "realign": "decoded", "prefs": "prompts", "rejection": "prompts"}[command]
     return s["rows_read"], s[used], s.get("skipped", s.get("skipped_input"))
 
 

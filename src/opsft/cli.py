@@ -19,6 +19,7 @@ from .eval_run import EvalConfig, run_eval
 from .lab import LabConfig, run_lab
 from .prefs_run import PrefsConfig, run_prefs
 from .realign_run import RealignConfig, run_realign
+from .rejection_run import RejectionConfig, run_rejection
 from .score_run import ScoreConfig, run_score
 from .train_run import TrainConfig, run_train
 
@@ -33,6 +34,8 @@ COMMANDS = {
              "accuracy on in-domain and out-of-domain sets (greedy or avg@k / pass@k, 95% CIs), and drift"),
     "prefs": (PrefsConfig, run_prefs,
               "preference pairs (prompt/chosen/rejected) from the model's own checked samples, for DPO/SimPO"),
+    "rejection": (RejectionConfig, run_rejection,
+                  "training data from the model's own correct answers (rejection sampling), every drop counted"),
     "compare": (CompareConfig, run_compare,
                 "several run / eval directories side by side: one table (markdown, CSV) and one bar chart"),
     "lab": (LabConfig, run_lab,

@@ -53,6 +53,11 @@ class Example:
         return DataError(message, source=source, row=self.index + 1, line=self.line, field=field, reason=reason)
 
 
+def completion_like(example: Example, text: str) -> str | Messages:
+    """`text` as a completion in the shape of the example's own (text, or one assistant message)."""
+    return text if isinstance(example.completion, str) else [{"role": "assistant", "content": text}]
+
+
 @dataclass
 class LoadedData:
     source: str

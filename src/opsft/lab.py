@@ -32,12 +32,32 @@ from .errors import OpsftError
 from .locking import LOCK_FILE
 from .options import Options, option
 
-METHODS = {  # method -> (loss, training data)
+METHODS = {  # method -> (loss, training data); any other loss@data pair works too (method_spec)
     "sft": ("sft", "raw"), "dft": ("dft", "raw"), "idft": ("idft", "raw"), "iwsft": ("iwsft", "raw"),
     "eaft": ("eaft", "raw"), "asft": ("asft", "raw"), "idft_legacy": ("idft_legacy", "raw"),
     "sft_realigned": ("sft", "realigned"), "idft_realigned": ("idft", "realigned"),
+    "sft_rejection": ("sft", "rejection"), "idft_rejection": ("idft", "rejection"),
     "dpo": ("dpo", "prefs"), "simpo": ("simpo", "prefs"),
 }
+SOURCES = {  # training data -> where it comes from
+    "raw": "the reference solutions", "realigned": "their Hinted Decoding rewrites (stage 4)",
+    "rejection": "the model's own correct answers (opsft rejection)", "prefs": "preference pairs (opsft prefs)",
+}
+
+
+def method_spec(name: str) -> tuple[str, str]:
+    """(loss, training data) of a lab method: a name in METHODS, or LOSS@DATA, e.g. eaft@rejection, with DATA one of
+    raw, realigned, rejection (the SFT family) or prefs (dpo, simpo)."""
+    from .losses import METHODS as FAMILY
+
+    if name in METHODS:
+        return METHODS[name]
+    loss, _, source = name.partition("@")
+    if (loss in FAMILY and source in ("raw", "realigned", "rejection")) or (loss in ("dpo", "simpo")
+                                                                             and source == "prefs"):
+        return loss, source
+    raise OpsftError(f"unknown lab method {name!r}: use one of {', '.join(METHODS)}, or LOSS@DATA with a loss of "
+                     f"{', '.join(FAMILY)} and DATA raw, realigned or rejection (dpo@prefs, simpo@prefs)")
 STAGES = ("data", "base", "score", "realign", "train", "eval", "report")
 
 CHAIN = "min_terms={t}&max_terms={t}&min_digits=1&max_digits=1"
@@ -50,7 +70,8 @@ PROFILES = {
         drift_data=f"gym:chain_sum?size=6&seed=1003&{CHAIN.format(t=3)}",
         methods=list(METHODS), seeds=[0], token_budget=3000, batch_size=4, lora=False, learning_rate=1e-3,
         eval_max_new_tokens=12, realign_max_new_tokens=16, drift_max_new_tokens=16, prefs_k=2,
-        realign_require_correct=False, realign_require_eos=False, rationale="running_sums"),
+        realign_require_correct=False, realign_require_eos=False, rejection_require_correct=False,
+        rationale="running_sums"),
     "quick": dict(
         model="smollm2-135m", train_data=f"gym:chain_sum?size=64&seed=0&{CHAIN.format(t=3)}",
         in_domain={"chain_sum": f"gym:chain_sum?size=48&seed=1001&{CHAIN.format(t=3)}"},
@@ -59,7 +80,8 @@ PROFILES = {
         drift_data=f"gym:chain_sum?size=16&seed=1003&{CHAIN.format(t=3)}",
         methods=["sft", "idft", "sft_realigned"], seeds=[0], token_budget=12000, batch_size=8, lora=True,
         learning_rate=None, eval_max_new_tokens=48, realign_max_new_tokens=64, drift_max_new_tokens=48, prefs_k=4,
-        realign_require_correct=True, realign_require_eos=True, rationale="running_sums"),
+        realign_require_correct=True, realign_require_eos=True, rejection_require_correct=True,
+        rationale="running_sums"),
     "full": dict(
         model="smollm2-135m", train_data=f"gym:chain_sum?size=400&seed=0&{CHAIN.format(t=3)}",
         in_domain={"chain_sum": f"gym:chain_sum?size=200&seed=1001&{CHAIN.format(t=3)}"},
@@ -68,7 +90,8 @@ PROFILES = {
         drift_data=f"gym:chain_sum?size=64&seed=1003&{CHAIN.format(t=3)}",
         methods=list(METHODS), seeds=[0, 1, 2], token_budget=60000, batch_size=8, lora=True,
         learning_rate=None, eval_max_new_tokens=48, realign_max_new_tokens=64, drift_max_new_tokens=48, prefs_k=4,
-        realign_require_correct=True, realign_require_eos=True, rationale="running_sums"),
+        realign_require_correct=True, realign_require_eos=True, rejection_require_correct=True,
+        rationale="running_sums"),
 }
 
 
@@ -88,7 +111,8 @@ class LabConfig(Options):
     out_of_domain: dict | None = option(None, "out-of-domain sets (YAML only)", yaml_only=True)
     drift_data: str | dict | None = option(None, "prompts for the drift measure (in YAML also {data: ..., "
                                                  "prompt_field: ..., ...} as a suite's drift section)")
-    methods: list[str] | None = option(None, "methods to train: " + ", ".join(METHODS), choices=list(METHODS))
+    methods: list[str] | None = option(None, "methods to train: " + ", ".join(METHODS) + ", or LOSS@DATA (e.g. "
+                                             "eaft@rejection; DATA: raw, realigned, rejection)")
     seeds: list[int] | None = option(None, "training seeds (each method is trained once per seed)", at_least=0)
     token_budget: int | None = option(None, "training tokens per method (steps = budget / tokens per step)",
                                       at_least=1)
@@ -102,10 +126,14 @@ class LabConfig(Options):
     prefs_k: int | None = option(None, "samples per prompt for DPO/SimPO pairs", at_least=1)
     realign_require_correct: bool | None = option(None, "keep only rewrites with the right answer")
     realign_require_eos: bool | None = option(None, "keep only rewrites that ended on their own")
+    rejection_require_correct: bool | None = option(None, "rejection data: keep only answers the scorer marks "
+                                                          "correct (off only in the tiny plumbing profile)")
     overwrite: bool = option(False, "discard an earlier lab in --out")
     progress: bool = option(True, "show progress bars")
 
     def rules(self):
+        for method in self.methods or []:
+            method_spec(method)
         return [(self.seeds is None or len(self.seeds) > 0, "--seeds: give at least one seed"),
                 (self.methods is None or len(self.methods) > 0, "--methods: give at least one method"),
                 ((self.prompt_field is None) == (self.completion_field is None),
@@ -219,14 +247,33 @@ class Lab:
                                      completion_field=d["completion_field"], out=str(self.out / "prefs"),
                                      k=s["prefs_k"], max_new_tokens=s["eval_max_new_tokens"], **self.common()))
 
+    def rejection(self) -> dict:
+        """The model's own correct answers to the training problems (never the test sets), and their DDT."""
+        from .rejection_run import RejectionConfig, run_rejection
+
+        s, d = self.settings, self.data
+        summary = run_rejection(RejectionConfig(
+            model=self.model, data=d["train"], prompt_field=d["prompt_field"], completion_field=d["completion_field"],
+            out=str(self.out / "rejection"), k=s["prefs_k"], max_new_tokens=s["eval_max_new_tokens"],
+            require_correct=s["rejection_require_correct"], **self.common()))
+        if summary["kept"]:
+            self.score(str(self.out / "rejection" / "rejection.jsonl"), str(self.out / "score" / "rejection"),
+                       (None, None))
+        return summary
+
     def training_sets(self) -> dict:
         """method data kind -> (data path, fields, tokens per example, examples) for the budget."""
         d, sets = self.data, {}
-        kinds = {METHODS[m][1] for m in self.settings["methods"]}
+        kinds = {method_spec(m)[1] for m in self.settings["methods"]}
         if "raw" in kinds:
             sets["raw"] = (d["train"], (d["prompt_field"], d["completion_field"]))
         if "realigned" in kinds and self.realigned.get("kept"):
             sets["realigned"] = (str(self.out / "realign" / "realigned.jsonl"), (None, None))
+        if "rejection" in kinds:
+            if not (self.out / "rejection" / "summary.json").exists():
+                self.rejection()
+            if json.loads((self.out / "rejection" / "summary.json").read_text())["kept"]:
+                sets["rejection"] = (str(self.out / "rejection" / "rejection.jsonl"), (None, None))
         if "prefs" in kinds:
             if not (self.out / "prefs" / "summary.json").exists():
                 self.prefs()
@@ -245,11 +292,11 @@ class Lab:
 
         s, sets, runs = self.settings, self.training_sets(), {}
         for method in s["methods"]:
-            loss, kind = METHODS[method]
+            loss, kind = method_spec(method)
             for seed in s["seeds"]:
                 name = f"{method}-seed{seed}"
                 if kind not in sets:
-                    runs[name] = {"skipped": f"no {kind} training data (see stage 4 / prefs)"}
+                    runs[name] = {"skipped": f"no {kind} training data: {SOURCES[kind]} gave none"}
                     continue
                 path, fields, tokens = sets[kind]
                 steps = max(1, round(s["token_budget"] / (s["batch_size"] * tokens)))
@@ -276,7 +323,7 @@ class Lab:
         d = self.data
         self.stage(3, "score", lambda: {"phi_mean": self.score(d["train"], str(self.out / "score" / "raw"),
                                                                (d["prompt_field"], d["completion_field"]))["phi_mean"]})
-        needs_realign = any(METHODS[m][1] == "realigned" for m in self.settings["methods"])
+        needs_realign = any(method_spec(m)[1] == "realigned" for m in self.settings["methods"])
         self.realigned = self.stage(4, "realign", self.realign if needs_realign else lambda: {"skipped": "no method "
                                                                                               "uses it"})
         runs = self.stage(5, "train", self.train_all)["runs"]

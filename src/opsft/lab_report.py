@@ -36,12 +36,13 @@ def _spread(values: list[float]) -> tuple[float | None, float | None]:
 
 
 def _phi_of(out: Path, kind: str) -> float | None:
-    summary = _read(out / "score" / ("realigned" if kind == "realigned" else "raw") / "summary.json")
-    return summary["phi_mean"]["mean"] if summary and kind in ("raw", "realigned") else None
+    """phi_mean of a kind of training data under the base model (score/<kind>/; preference pairs have none)."""
+    summary = _read(out / "score" / kind / "summary.json") if kind != "prefs" else None
+    return summary["phi_mean"]["mean"] if summary else None
 
 
 def collect_rows(out: Path, settings: dict, runs: dict) -> list[dict]:
-    from .lab import METHODS
+    from .lab import method_spec
 
     base = _read(out / "eval" / "base" / "eval_summary.json")
     rows = [{"method": "base (no training)", "seeds": 1, "in_domain": (base["in_domain_accuracy"], None),
@@ -64,7 +65,7 @@ def collect_rows(out: Path, settings: dict, runs: dict) -> list[dict]:
             **_problem_ci95(eval_dirs),
             "sets": {name: _spread([e["sets"][name]["accuracy"] for e in evals]) for name in base["sets"]},
             "drift": _spread([(e.get("drift") or {}).get("drift") for e in evals]),
-            "train_phi_mean": _phi_of(out, METHODS[method][1]),
+            "train_phi_mean": _phi_of(out, method_spec(method)[1]),
             "train_tokens": _spread([runs[n]["train_tokens"] for n in names if "train_tokens" in runs.get(n, {})]),
             "train_seconds": _spread([t["train_seconds"] for t in trains]),
             "note": skipped[0] if skipped else "",

@@ -24,7 +24,7 @@ from accelerate import PartialState
 from tqdm.auto import tqdm
 
 from .answers import answer_matches
-from .data import Example
+from .data import Example, completion_like
 from .errors import nothing_left, write_skipped
 from .evaluation import completion_text, reference_answer
 from .generation import decoded_text, eos_token_ids
@@ -223,11 +223,6 @@ def write_analyses(model, tokenizer, batch: list[Example], config: RealignConfig
     return analyses
 
 
-def _as_completion(example: Example, rewrite: str):
-    """The rewrite in the shape of the example's completion (text, or one assistant message)."""
-    return rewrite if isinstance(example.completion, str) else [{"role": "assistant", "content": rewrite}]
-
-
 def _check_batch(batch: list[Example], decoded, tokenizer, model, config: RealignConfig) -> list[dict]:
     """Provenance of each rewrite: how it ended, whether its answer is right, and phi_mean under the plain
     prompt of the original and of the rewrite (scored for the whole batch at once)."""
@@ -243,7 +238,7 @@ def _check_batch(batch: list[Example], decoded, tokenizer, model, config: Realig
                 score_token_ids(model, sequences, temperature=temperature, batch_size=len(batch))]
 
     written = [i for i, rewrite in enumerate(rewrites) if rewrite]
-    rewritten = [scored(batch[i], _as_completion(batch[i], rewrites[i])) for i in written]
+    rewritten = [scored(batch[i], completion_like(batch[i], rewrites[i])) for i in written]
     original = phi_means([scored(e, e.completion) for e in batch])
     rewrite_phi = dict(zip(written, phi_means(rewritten))) if written else {}
     # SPEC §1: a sample drawn at temperature tau' < 1 scores positive at tau = 1; at its own temperature
@@ -290,7 +285,7 @@ def _write_outputs(out, config, data, examples, records, skipped, marker, throug
         if reason:
             dropped.append({"row": r["index"] + 1, "reason": reason, "rewrite": r["rewrite"], **provenance})
             continue
-        kept.append({**example.row, "prompt": example.prompt, "completion": _as_completion(example, r["rewrite"]),
+        kept.append({**example.row, "prompt": example.prompt, "completion": completion_like(example, r["rewrite"]),
                      "realign": provenance})
     with (out / "realigned.jsonl").open("w") as f:
         f.writelines(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in kept)
