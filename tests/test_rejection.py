@@ -95,7 +95,8 @@ def test_rejection_data_trains_and_a_rerun_resumes(tmp_path, tiny_model_dir, dat
     monkeypatch.setattr(opsft.evaluation, "answer_matches", judge)
     assert rejection(tmp_path, tiny_model_dir, data) == 0
     first = (tmp_path / "out" / "rejection.jsonl").read_text()
-    assert rejection(tmp_path, tiny_model_dir, data) == 0 and (tmp_path / "out" / "rejection.jsonl").read_text() == first
+    assert rejection(tmp_path, tiny_model_dir, data) == 0  # a rerun reads its log and writes the same file
+    assert (tmp_path / "out" / "rejection.jsonl").read_text() == first
     assert rejection(tmp_path, tiny_model_dir, data, "--temperature", "0.5") == 2
     assert "other settings" in capsys.readouterr().err
     assert main(["train", "--model", str(tiny_model_dir), "--data", str(tmp_path / "out" / "rejection.jsonl"),

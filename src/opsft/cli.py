@@ -29,7 +29,8 @@ COMMANDS = {
     "realign": (RealignConfig, run_realign,
                 "Hinted Decoding: rewrite reference solutions into the model's own distribution, checked"),
     "train": (TrainConfig, run_train,
-              "fine-tune with SFT, DFT, IDFT, iw-SFT or SFT(Q) on TRL (full or LoRA; resumable)"),
+              "fine-tune with SFT, DFT, IDFT, iw-SFT, SFT(Q), EAFT, ASFT (or DPO, SimPO) on TRL (full or LoRA; "
+              "resumable)"),
     "eval": (EvalConfig, run_eval,
              "accuracy on in-domain and out-of-domain sets (greedy or avg@k / pass@k, 95% CIs), and drift"),
     "prefs": (PrefsConfig, run_prefs,

@@ -17,7 +17,8 @@ result unchanged. The gradient with respect to the logits z_t is w_t * (softmax(
 | iwsft (tok.) | sg(clamp(exp(log p_theta - log p_ref), clip_low, clip_high))                     |
 | sftq         | q_b, the example's quality score (or sample examples in proportion to q_b)       |
 | eaft         | sg((H(p_t) / ln V) ** alpha), V the vocabulary size (Entropy-Adaptive FT, arXiv 2601.02151) |
-| asft         | sg(p_t(y_t)) as DFT, plus a_t = mu * sg(p_t(y_t)) * k3_t, k3_t = exp(r_t) - r_t - 1, r_t = log p_ref(y_t) - log p_theta(y_t) |
+| asft         | sg(p_t(y_t)) as DFT, plus a_t = mu * sg(p_t(y_t)) * k3_t, k3_t = exp(r_t) - r_t - 1,       |
+|              |   r_t = log p_ref(y_t) - log p_theta(y_t)                                        |
 
 ASFT (Anchored SFT, arXiv 2509.23753) ties DFT to the initial model with a KL anchor. Its published form
 takes KL(p_theta || p_ref) over the whole vocabulary at every position, which needs both models' [B, T, V]
