@@ -176,7 +176,8 @@ def test_resume_refuses_a_directory_of_another_run(model_dir, data_path, tmp_pat
         run_train(config(model_dir, data_path, out, loss="sft", max_steps=6, resume=True))
     # a fresh run is refused too: it would leave the earlier run's checkpoints beside its own
     with pytest.raises(OpsftError, match=r"holds an earlier training run \(checkpoint-1, checkpoint-2, final, "
-                                         r"opsft_run.json, .*pass --resume to continue it, --overwrite to discard it"):
+                                         r"train_summary.json, .*opsft_run.json\); pass --resume to continue it, "
+                                         r"--overwrite to discard it"):
         run_train(config(model_dir, data_path, out, loss="dft", max_steps=1))
     # --overwrite discards the whole earlier run, so no stale checkpoint is left for a later --resume
     summary = run_train(config(model_dir, data_path, out, loss="dft", max_steps=1, save_steps=1, overwrite=True))
@@ -303,3 +304,11 @@ def test_lora_target_modules_are_checked_against_the_model(model_dir, data_path,
     with pytest.raises(OpsftError, match=message):
         run_train(config(model_dir, data_path, tmp_path, max_steps=1, lora=True, lora_target_modules=targets))
     assert not (tmp_path / "opsft_run.json").exists()  # refused before the run was recorded
+
+
+def test_a_refusal_names_the_earlier_run_by_step_order(tmp_path):
+    from opsft.checkpoints import _describe
+
+    paths = [tmp_path / f"checkpoint-{n}" for n in (5, 10, 15, 20, 25)] + [tmp_path / "opsft_run.json"]
+    assert _describe(paths) == "checkpoint-5 ... checkpoint-25 (5 checkpoints), opsft_run.json"
+    assert _describe(paths[:2]) == "checkpoint-5, checkpoint-10"

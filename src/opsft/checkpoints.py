@@ -54,10 +54,10 @@ class TrainingRun:
         earlier = [] if config.overwrite else _earlier_outputs(out)
         record = json.loads(record_path.read_text()) if record_path.is_file() and earlier else None
         if earlier and not config.resume:
-            raise OpsftError(f"{out} holds an earlier training run ({', '.join(sorted(p.name for p in earlier))}); "
+            raise OpsftError(f"{out} holds an earlier training run ({_describe(earlier)}); "
                              f"pass --resume to continue it, --overwrite to discard it, or use another --output-dir")
         if earlier and record is None:
-            raise OpsftError(f"{out}: {', '.join(sorted(p.name for p in earlier))} were not written by opsft train "
+            raise OpsftError(f"{out}: {_describe(earlier)} were not written by opsft train "
                              f"(no {RUN_FILE}), so they cannot be resumed; --overwrite discards them")
         if record is not None and record["settings"] != settings:
             raise OpsftError(f"{out} holds a training run with other settings or data "
@@ -119,6 +119,15 @@ def _mark(checkpoint: Path) -> dict | None:
         return json.loads((checkpoint / CHECKPOINT_FILE).read_text())
     except (OSError, json.JSONDecodeError):  # no mark: not ours, or killed between its save and its mark
         return None
+
+
+def _describe(paths: list[Path]) -> str:
+    """'checkpoint-5 ... checkpoint-25 (5 checkpoints), final, ...': checkpoints by step, then the other outputs."""
+    checkpoints = [p.name for p in paths if p.name.startswith("checkpoint-")]
+    others = [p.name for p in paths if not p.name.startswith("checkpoint-")]
+    if len(checkpoints) > 2:
+        checkpoints = [f"{checkpoints[0]} ... {checkpoints[-1]} ({len(checkpoints)} checkpoints)"]
+    return ", ".join(checkpoints + others)
 
 
 def _earlier_outputs(out: Path) -> list[Path]:
