@@ -24,6 +24,7 @@ from .checkpoints import TrainingRun
 from .errors import OpsftError, nothing_left, write_skipped
 from .jobs import prepare
 from .losses import METHODS, LossConfig
+from .models import default_device
 from .options import REQUIRED, option
 from .rendering import fingerprint
 from .resumable import ResultLog
@@ -151,7 +152,7 @@ def trl_arguments(config: TrainConfig, trl_config_class, *, default_lr: tuple[fl
     """The TRL trainer config (SFTConfig, DPOConfig, CPOConfig) from opsft's options, the loss's `specific`
     ones and sft_args, built before any model loads: an unknown, clashing or refused sft_args key is a
     one-line error. default_lr = (with LoRA, full fine-tuning)."""
-    on_cuda = torch.device(config.device).type == "cuda" if config.device else torch.cuda.is_available()
+    on_cuda = (torch.device(config.device) if config.device else default_device()).type == "cuda"
     ours = dict(
         output_dir=config.output_dir, seed=config.seed,
         learning_rate=config.learning_rate or default_lr[0 if config.lora else 1],
