@@ -26,9 +26,13 @@ def tiny_lab(tmp_path_factory):
     return out
 
 
-def test_every_stage_produces_its_outputs(tiny_lab, capsys):
-    out = tiny_lab
-    for stage in ("1-data", "2-base", "3-score", "4-realign", "5-train", "6-eval", "7-report"):
+STAGES = ("1-data", "2-score", "3-realign", "4-select", "5-train", "6-eval", "7-report")
+
+
+@pytest.mark.parametrize("regime", ["weak", "strong"])
+def test_every_stage_produces_its_outputs(tiny_lab, regime):
+    out = tiny_lab / regime
+    for stage in STAGES:
         assert (out / "stages" / f"{stage}.json").exists(), stage
     assert (out / "data" / "train.jsonl").exists() and (out / "data" / "suite.yaml").exists()
     assert (out / "eval" / "base" / "eval_summary.json").exists()
@@ -37,20 +41,21 @@ def test_every_stage_produces_its_outputs(tiny_lab, capsys):
     assert set(runs) == {f"{m}-seed0" for m in METHODS}
     budgets = {name: r["train_tokens"] for name, r in runs.items()}
     for name, run in runs.items():
-        assert (out / "runs" / name / "final").is_dir() and (out / "runs" / name / "eval" / "eval_summary.json").exists()
+        assert (out / run["dir"] / "final").is_dir() and (out / run["dir"] / "eval" / "eval_summary.json").exists()
         # the same budget for every method, up to one step's worth of tokens
         assert abs(run["train_tokens"] - 3000) <= 0.5 * 4 * run["tokens_per_example"], name
-    for picture in ("accuracy.png", "phi_hist.png", "training_curves.png"):
+    for picture in ("accuracy.png", "learning_vs_forgetting.png", "phi_hist.png", "training_curves.png"):
         assert (out / "report" / picture).read_bytes()[:4] == b"\x89PNG"
     table = (out / "report" / "results.md").read_text()
     assert all(f"| {m} | 1 |" in table for m in METHODS) and "| base (no training) |" in table
+    assert f"({'tiny'}, {regime} regime)" in table
     rows = json.loads((out / "report" / "results.json").read_text())
     assert all(r["in_domain_ci95"] is not None and r["out_of_domain_ci95"] is not None for r in rows)
-    assert (out / "report" / "index.html").read_text().count("<table>") == 3 and "Accuracy per test set" in table
+    assert (out / "report" / "index.html").read_text().count("<table>") == 4 and "Accuracy per test set" in table
     differences = json.loads((out / "report" / "differences.json").read_text())
     assert "Difference from sft" in table and {d["method"] for d in differences} == {"base (no training)",
                                                                                      *METHODS} - {"sft"}
-    summary = {m: json.loads((out / ("eval/base" if m == "base (no training)" else f"runs/{m}-seed0/eval")
+    summary = {m: json.loads((out / ("eval/base" if m == "base (no training)" else f"{runs[m + '-seed0']['dir']}/eval")
                               / "eval_summary.json").read_text()) for m in ["sft", *(d["method"] for d in differences)]}
     for d in differences:  # one seed, one sample per problem: the paired difference is the accuracy difference
         for group in ("in_domain", "out_of_domain"):
@@ -59,23 +64,115 @@ def test_every_stage_produces_its_outputs(tiny_lab, capsys):
     assert len(set(budgets.values())) > 1  # tokens per example differ, so the step counts do too
 
 
+def test_regimes_differ_in_how_close_the_training_solutions_are_to_the_model(tiny_lab):
+    """weak: running sums; strong: 'The answer is N.' on two-term sums; each regime its own test sets; the
+    comparison report puts each regime's phi_mean beside every method's gain over SFT, and plots learning
+    against forgetting."""
+    first = {regime: json.loads((tiny_lab / regime / "data" / "train.jsonl").read_text().splitlines()[0])
+             for regime in ("weak", "strong")}
+    assert first["weak"]["solution"].endswith(f"#### {first['weak']['answer']}")
+    assert first["strong"]["solution"] == f"The answer is {first['strong']['answer']}."
+    settings = {r: json.loads((tiny_lab / r / "lab_config.json").read_text()) for r in ("weak", "strong")}
+    assert list(settings["weak"]["in_domain"]) == ["chain_sum"] and list(settings["strong"]["in_domain"]) == [
+        "two_terms_to_99"]
+    report = tiny_lab / "report"
+    table = (report / "regimes.md").read_text()
+    phi = {r: json.loads((tiny_lab / r / "score" / "raw" / "summary.json").read_text())["phi_mean"]["mean"]
+           for r in ("weak", "strong")}
+    assert f"weak (train phi_mean {phi['weak']:+.3f}): Δ in-domain" in table
+    assert f"strong (train phi_mean {phi['strong']:+.3f}): Δ out-of-domain" in table
+    studies = json.loads((report / "regimes.json").read_text())
+    for study in studies:  # the table's cells are each regime's own differences from SFT
+        own = json.loads((tiny_lab / study["regime"] / "report" / "differences.json").read_text())
+        assert study["vs_sft"] == own
+        assert {r["method"] for r in study["vs_base"]} == set(METHODS)
+    assert all(f"| {m} |" in table for m in METHODS if m != "sft")
+    assert (report / "learning_vs_forgetting.png").read_bytes()[:4] == b"\x89PNG"
+    assert 'href="../weak/report/index.html"' in (report / "index.html").read_text()
+
+
+def test_learning_rates_are_chosen_on_held_out_training_problems(tiny_lab):
+    """Each method with a grid is trained at every rate on the first seed and kept at the best validation accuracy
+    (ties: the smaller rate); the validation problems are training problems never trained on."""
+    out = tiny_lab / "weak"
+    train = [json.loads(line)["question"] for line in (out / "data" / "train.jsonl").read_text().splitlines()]
+    validation = [json.loads(line)["question"] for line in (out / "data" / "validation.jsonl").read_text().splitlines()]
+    assert len(train) == 24 and len(validation) == 6 and not set(train) & set(validation)
+    selected = json.loads((out / "stages" / "4-select.json").read_text())["methods"]
+    # the tiny grid names sft and dpo: by loss, sft_realigned and sft_rejection take sft's grid
+    assert set(selected) == {"sft", "sft_realigned", "sft_rejection", "dpo"}
+    runs = json.loads((out / "stages" / "5-train.json").read_text())["runs"]
+    for method, choice in selected.items():
+        trials = choice["trials"]
+        assert [t["learning_rate"] for t in trials] == [3e-4, 1e-3]
+        for t in trials:
+            evaluated = json.loads((out / t["dir"] / "validation" / "eval_summary.json").read_text())
+            assert evaluated["sets"]["validation"]["problems"] == 6
+            assert t["validation_accuracy"] == evaluated["in_domain_accuracy"]
+            trained = json.loads((out / t["dir"] / "train_summary.json").read_text())["config"]
+            assert trained["learning_rate"] == t["learning_rate"] and "validation" not in trained["data"]
+        best = max(t["validation_accuracy"] for t in trials)
+        assert choice["learning_rate"] == min(t["learning_rate"] for t in trials if t["validation_accuracy"] == best)
+        assert runs[f"{method}-seed0"]["dir"] == choice["run"]["dir"]  # the first seed's run is the chosen trial
+        assert runs[f"{method}-seed0"]["learning_rate"] == choice["learning_rate"]
+    assert runs["dft-seed0"]["learning_rate"] == 1e-3 and runs["dft-seed0"]["dir"] == "runs/dft-seed0"
+    assert "Learning rate chosen per method on the validation split (6 training problems" in (
+        out / "report" / "results.md").read_text()
+
+
+def test_test_sets_are_read_only_by_the_final_evaluations(tmp_path, monkeypatch):
+    """A lab whose test files and drift prompts hold no valid row until the final evaluations begin (stage 6) still
+    scores, re-aligns, samples pairs and chooses learning rates: nothing before stage 6 reads them."""
+    from opsft.lab import Lab, _gym_rows
+
+    rows = _gym_rows("gym:chain_sum?size=8&seed=1001&min_terms=3&max_terms=3&min_digits=1&max_digits=1", "task")
+    files = {name: tmp_path / f"{name}.jsonl" for name in ("in", "out", "drift")}
+    for file in files.values():
+        file.write_text("not JSON: reading this before stage 6 fails the lab\n")
+    sets = {name: {"data": str(files[name]), "prompt_field": "question", "completion_field": "solution",
+                   "answer_field": "answer"} for name in ("in", "out")}
+    (tmp_path / "lab.yaml").write_text(json.dumps({
+        "in_domain": {"mine": sets["in"]}, "out_of_domain": {"other": sets["out"]},
+        "drift_data": {"data": str(files["drift"]), "prompt_field": "question", "completion_field": "solution"}}))
+    real, opened = Lab.evaluate_all, []
+
+    def final_evaluations(self, runs):
+        assert (self.out / "stages" / "4-select.json").exists() and not (self.out / "stages" / "6-eval.json").exists()
+        for file in files.values():
+            file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        opened.append(True)
+        return real(self, runs)
+
+    monkeypatch.setattr(Lab, "evaluate_all", final_evaluations)
+    out = tmp_path / "lab"
+    assert main(["lab", "--profile", "tiny", "--config", str(tmp_path / "lab.yaml"), "--regimes", "weak",
+                 "--methods", "sft", "dpo", "--out", str(out), "--no-progress"]) == 0
+    assert opened == [True]
+    selected = json.loads((out / "stages" / "4-select.json").read_text())["methods"]
+    assert set(selected) == {"sft", "dpo"} and all(len(m["trials"]) == 2 for m in selected.values())
+    base = json.loads((out / "eval" / "base" / "eval_summary.json").read_text())
+    assert base["sets"]["mine"]["problems"] == 8 and base["drift"]["samples"] == 8
+
+
 def test_rerun_reuses_every_stage(tiny_lab, capsys):
     import yaml
 
-    suite = tiny_lab / "data" / "suite.yaml"
+    suite = tiny_lab / "weak" / "data" / "suite.yaml"
     written = yaml.safe_load(suite.read_text())
     suite.write_text(yaml.safe_dump({k: v for k, v in written.items() if k != "drift"}))  # as an older opsft wrote it
     assert lab(tiny_lab) == 0
     printed = capsys.readouterr().out
-    assert printed.count("done earlier, reused") == 7 and "| sft | 1 |" in printed
+    assert printed.count("done earlier, reused") == 2 * 7 and "| sft | 1 |" in printed and "Gain over SFT" in printed
     assert yaml.safe_load(suite.read_text()) == written
 
 
 @pytest.mark.parametrize("target, dies_at, stage", [
-    ("opsft.eval_run.run_eval", 1, "2/7 base"), ("opsft.score_run.run_score", 1, "3/7 score"),
-    ("opsft.realign_run.run_realign", 1, "4/7 realign"), ("opsft.train_run.run_train", 3, "5/7 train"),
-    ("opsft.eval_run.run_eval", 3, "6/7 eval")])
+    ("opsft.score_run.run_score", 1, "2/7 score"), ("opsft.realign_run.run_realign", 1, "3/7 realign"),
+    ("opsft.eval_run.run_eval", 1, "4/7 select"), ("opsft.train_run.run_train", 7, "5/7 train"),
+    ("opsft.eval_run.run_eval", 7, "6/7 eval")])
 def test_killed_lab_continues_from_the_interrupted_stage(tmp_path, monkeypatch, capsys, target, dies_at, stage):
+    """sft and sft_realigned each choose between two rates (4 trainings and 4 validations in stage 4), then stage 5
+    trains the 4 other runs (idft's two seeds, the second seed of the others), stage 6 evaluates the base and 6 runs."""
     import importlib
 
     module_name, function = target.rsplit(".", 1)
@@ -88,18 +185,19 @@ def test_killed_lab_continues_from_the_interrupted_stage(tmp_path, monkeypatch, 
             raise KeyboardInterrupt
         return real(config, **kwargs)
 
+    arguments = ("--regimes", "weak", "--methods", "sft", "idft", "sft_realigned", "--seeds", "0", "1")
     monkeypatch.setattr(module, function, dies)
-    assert lab(tmp_path) == 130  # interrupted
+    assert lab(tmp_path, *arguments) == 130  # interrupted
     monkeypatch.setattr(module, function, lambda config, **kwargs: (calls.append(config), real(config, **kwargs))[1])
     before = len(calls)
     capsys.readouterr()
-    assert lab(tmp_path) == 0
+    assert lab(tmp_path, *arguments) == 0
     printed = capsys.readouterr().out
-    assert f"[lab] stage {stage} ..." in printed
+    assert f"[lab weak] stage {stage} ..." in printed
     for earlier in range(1, int(stage[0])):
-        assert f"[lab] stage {earlier}/7" in printed and "done earlier, reused" in printed
-    if function == "run_train":  # the two finished trainings are not redone
-        assert len(calls) - before == len(METHODS) - 2
+        assert f"[lab weak] stage {earlier}/7" in printed and "done earlier, reused" in printed
+    if function == "run_train":  # the six finished trainings (four in stage 4, two in stage 5) are not redone
+        assert len(calls) - before == 2
     assert (tmp_path / "report" / "results.md").exists()
 
 
@@ -124,8 +222,11 @@ def test_lab_on_your_own_model_and_files(tmp_path, capsys):
                  "--methods", "sft", "idft", "--token-budget", "600", "--out", str(out), "--no-progress"]) == 0
     settings = json.loads((out / "lab_config.json").read_text())
     assert settings["model"] == str(model) and settings["methods"] == ["sft", "idft"]
-    assert json.loads((out / "stages" / "1-data.json").read_text())["train"] == str(tmp_path / "train.jsonl")
-    assert json.loads((out / "score" / "raw" / "summary.json").read_text())["n_examples"] == 10
+    # the tiny profile chooses sft's learning rate: 6 of the 10 rows are held out, in the file's own columns
+    assert json.loads((out / "stages" / "1-data.json").read_text())["train"] == str(out / "data" / "train.jsonl")
+    held_out = [json.loads(line) for line in (out / "data" / "validation.jsonl").read_text().splitlines()]
+    assert len(held_out) == 6 and all(set(r) == {"q", "work", "final"} for r in held_out)
+    assert json.loads((out / "score" / "raw" / "summary.json").read_text())["n_examples"] == 4
     base = json.loads((out / "eval" / "base" / "eval_summary.json").read_text())
     assert set(base["sets"]) == {"mine", "also_mine"} and base["sets"]["mine"]["problems"] == 6
     assert base["drift"]["samples"] == 6 and base["drift"]["base"] == str(model)
@@ -176,7 +277,7 @@ def test_rejection_data_are_the_models_answers_to_training_problems_only(tiny_la
 
     from opsft.data import load_examples
 
-    out = tiny_lab
+    out = tiny_lab / "weak"
     rows = [json.loads(line) for line in (out / "rejection" / "rejection.jsonl").read_text().splitlines()]
     samples = {r["row"]: r["samples"] for r in map(json.loads, (out / "rejection" / "samples.jsonl").read_text()
                                                    .splitlines())}
@@ -194,3 +295,38 @@ def test_rejection_data_are_the_models_answers_to_training_problems_only(tiny_la
     assert (out / "score" / "rejection" / "summary.json").exists()  # its phi_mean is in the report
     runs = json.loads((out / "stages" / "5-train.json").read_text())["runs"]
     assert "skipped" not in runs["sft_rejection-seed0"] and "skipped" not in runs["idft_rejection-seed0"]
+    validation = {json.loads(line)["question"] for line in (out / "data" / "validation.jsonl").read_text().splitlines()}
+    assert not validation & {row["question"] for row in rows}  # nor a validation problem
+
+
+def test_learning_rate_grids_and_regimes_are_checked_before_anything_runs():
+    from opsft.errors import OpsftError
+    from opsft.lab import LabConfig, validation_split
+
+    with pytest.raises(OpsftError, match="needs a validation split"):
+        LabConfig(profile="quick", learning_rates=[1e-4, 3e-4])
+    assert LabConfig(profile="quick", learning_rates=[1e-4]).resolved()["learning_rates"] == [1e-4]  # no choice
+    with pytest.raises(OpsftError, match="keys are methods of this lab, losses or 'default'"):
+        LabConfig(profile="full", learning_rates={"sfft": [1e-4, 3e-4]})
+    with pytest.raises(OpsftError, match="each grid is a list of positive numbers"):
+        LabConfig(profile="full", learning_rates={"dft": [1e-4, -3e-4]})
+    with pytest.raises(OpsftError, match="each grid is a list of positive numbers"):
+        LabConfig(profile="full", learning_rates=[0.0, 1e-4])
+    with pytest.raises(OpsftError, match="replace the embedded study's data: give one regime"):
+        LabConfig(profile="full", regimes=["weak", "strong"], train_data="mine.jsonl")
+    assert LabConfig(profile="full", train_data="mine.jsonl").regime_names() == ["weak"]
+    with pytest.raises(OpsftError, match="unknown regimes 'medium'"):
+        LabConfig(regimes=["medium"])
+    held_out = validation_split(100, 10, "data.jsonl")
+    assert len(held_out) == 10 and held_out == validation_split(100, 10, "data.jsonl") and max(held_out) < 100
+    with pytest.raises(OpsftError, match="has 10 rows; hold out fewer"):
+        validation_split(10, 10, "data.jsonl")
+
+
+def test_the_full_profiles_lora_grid_becomes_a_full_fine_tuning_grid_without_lora():
+    from opsft.lab import FULL_FINE_TUNING_GRID, PROFILES, LabConfig
+
+    assert LabConfig(profile="full").resolved()["learning_rates"] == PROFILES["full"]["learning_rates"]
+    assert LabConfig(profile="full", lora=False).resolved()["learning_rates"] == FULL_FINE_TUNING_GRID
+    assert LabConfig(profile="full", lora=False, learning_rates=[1e-3, 2e-3]).resolved()["learning_rates"] == [
+        1e-3, 2e-3]

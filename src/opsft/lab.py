@@ -3,17 +3,23 @@
 Stages, each cached (a finished stage is skipped on a rerun) and resumable (an interrupted stage
 continues: every job underneath logs its progress):
 
-  1 data      train set, in-domain and out-of-domain test sets (other seeds), drift prompts
-  2 base      evaluate the base model (in-domain, out-of-domain; drift of the base against itself = 0)
-  3 score     DDT of the training data under the base model
-  4 realign   Hinted Decoding rewrites of the training data, then their DDT
-  5 train     every method, every seed, with the same budget of training tokens
-  6 eval      every trained model: in-domain, out-of-domain, drift from the base
+  1 data      the training problems; a validation split held out from them when learning rates are chosen
+  2 score     DDT of the training data under the base model
+  3 realign   Hinted Decoding rewrites of the training data, then their DDT
+  4 select    per method, a grid of learning rates on the first seed, scored on the validation split
+  5 train     every method, every seed, at its learning rate, with the same budget of training tokens
+  6 eval      the base model and every trained model: in-domain, out-of-domain, drift from the base; the
+              test sets are read here and nowhere before
   7 report    table (mean ± std over seeds), plots, HTML page (lab_report.py)
 
+Regimes (`--regimes`): the embedded study comes in two, set apart by how close the training solutions are to
+the model's own distribution (DDT): weak (phi_mean well below 0) and strong (phi_mean >= 0). Several regimes
+run one lab each and a report comparing them (which loss wins where).
+
 Profiles (`--profile`): tiny (a random 2-layer model, every stage in seconds: a plumbing check for CI),
-quick (the default: SmolLM2-135M with LoRA, a few methods, one seed, about 20 minutes on a 2-core CPU),
-full (every method, 3 seeds, larger sets). Any option below replaces the profile's value.
+quick (the default: SmolLM2-135M with LoRA, three methods, one seed, the weak regime, about 15 minutes on a
+2-core CPU), full (every method, 3 seeds, both regimes, learning rates chosen, larger sets). Any option below
+replaces the profile's value.
 """
 
 from __future__ import annotations
@@ -58,59 +64,95 @@ def method_spec(name: str) -> tuple[str, str]:
         return loss, source
     raise OpsftError(f"unknown lab method {name!r}: use one of {', '.join(METHODS)}, or LOSS@DATA with a loss of "
                      f"{', '.join(FAMILY)} and DATA raw, realigned or rejection (dpo@prefs, simpo@prefs)")
-STAGES = ("data", "base", "score", "realign", "train", "eval", "report")
+STAGES = ("data", "score", "realign", "select", "train", "eval", "report")
 
-CHAIN = "min_terms={t}&max_terms={t}&min_digits=1&max_digits=1"
+CHAIN = "min_terms={t}&max_terms={t}&min_digits={d0}&max_digits={d1}"
 LETTERS = "min_words=3&max_words=5"
+# regime -> the embedded study: the training task and its solutions, the test sets, the drift prompts. Each set is
+# (reasoning-gym task, query, seed): the training problems draw seed 0, the tests 1001 (in-domain), 1002 and 1004
+# (out-of-domain), the drift prompts 1003. Chosen by measurement (docs/lab.md, benchmarks/probe_regimes.py):
+#   weak:   three one-digit terms, solved as terse running sums: phi_mean -0.39 under SmolLM2 (far from its style),
+#           base accuracy 0.09 in-domain;
+#   strong: two terms of up to two digits, solved in SmolLM2's own sentence, "The answer is N.": phi_mean +0.69
+#           (its prior on the solutions is strong), base accuracy 0.33, with room to learn.
+REGIMES = {
+    "weak": dict(train=("chain_sum", CHAIN.format(t=3, d0=1, d1=1)), rationale="running_sums",
+                 in_domain={"chain_sum": ("chain_sum", CHAIN.format(t=3, d0=1, d1=1), 1001)},
+                 out_of_domain={"two_terms": ("chain_sum", CHAIN.format(t=2, d0=1, d1=1), 1002),
+                                "letter_counting": ("letter_counting", LETTERS, 1004)}),
+    "strong": dict(train=("chain_sum", CHAIN.format(t=2, d0=1, d1=2)), rationale="answer_sentence",
+                   in_domain={"two_terms_to_99": ("chain_sum", CHAIN.format(t=2, d0=1, d1=2), 1001)},
+                   out_of_domain={"chain_sum": ("chain_sum", CHAIN.format(t=3, d0=1, d1=1), 1002),
+                                  "letter_counting": ("letter_counting", LETTERS, 1004)}),
+}
+FULL_FINE_TUNING_GRID = [3e-6, 1e-5, 3e-5]  # the full profile's grid when you turn LoRA off
+DATA_KEYS = ("train_data", "in_domain", "out_of_domain", "drift_data", "rationale")
+_COMMON = dict(train_data=None, in_domain=None, out_of_domain=None, drift_data=None, rationale=None,
+               learning_rate=None, learning_rates=None)
 PROFILES = {
     "tiny": dict(
-        model="tiny", train_data=f"gym:chain_sum?size=24&seed=0&{CHAIN.format(t=3)}",
-        in_domain={"chain_sum": f"gym:chain_sum?size=8&seed=1001&{CHAIN.format(t=3)}"},
-        out_of_domain={"two_terms": f"gym:chain_sum?size=8&seed=1002&{CHAIN.format(t=2)}"},
-        drift_data=f"gym:chain_sum?size=6&seed=1003&{CHAIN.format(t=3)}",
-        methods=list(METHODS), seeds=[0], token_budget=3000, batch_size=4, lora=False, learning_rate=1e-3,
+        _COMMON, model="tiny", regimes=["weak", "strong"], train_size=24, validation_size=6, test_size=8,
+        drift_size=6, out_of_domain_sets=1, methods=list(METHODS), seeds=[0], token_budget=3000, batch_size=4,
+        lora=False, learning_rate=1e-3, learning_rates={"sft": [3e-4, 1e-3], "dpo": [3e-4, 1e-3]},
         eval_max_new_tokens=12, realign_max_new_tokens=16, drift_max_new_tokens=16, prefs_k=2,
-        realign_require_correct=False, realign_require_eos=False, rejection_require_correct=False,
-        rationale="running_sums"),
+        realign_require_correct=False, realign_require_eos=False, rejection_require_correct=False),
     "quick": dict(
-        model="smollm2-135m", train_data=f"gym:chain_sum?size=64&seed=0&{CHAIN.format(t=3)}",
-        in_domain={"chain_sum": f"gym:chain_sum?size=48&seed=1001&{CHAIN.format(t=3)}"},
-        out_of_domain={"two_terms": f"gym:chain_sum?size=48&seed=1002&{CHAIN.format(t=2)}",
-                       "letter_counting": f"gym:letter_counting?size=48&seed=1004&{LETTERS}"},
-        drift_data=f"gym:chain_sum?size=16&seed=1003&{CHAIN.format(t=3)}",
-        methods=["sft", "idft", "sft_realigned"], seeds=[0], token_budget=12000, batch_size=8, lora=True,
-        learning_rate=None, eval_max_new_tokens=48, realign_max_new_tokens=64, drift_max_new_tokens=48, prefs_k=4,
-        realign_require_correct=True, realign_require_eos=True, rejection_require_correct=True,
-        rationale="running_sums"),
+        _COMMON, model="smollm2-135m", regimes=["weak"], train_size=64, validation_size=0, test_size=48,
+        drift_size=16, out_of_domain_sets=2, methods=["sft", "idft", "sft_realigned"], seeds=[0],
+        token_budget=12000, batch_size=8, lora=True, eval_max_new_tokens=48, realign_max_new_tokens=64,
+        drift_max_new_tokens=48, prefs_k=4, realign_require_correct=True, realign_require_eos=True,
+        rejection_require_correct=True),
     "full": dict(
-        model="smollm2-135m", train_data=f"gym:chain_sum?size=400&seed=0&{CHAIN.format(t=3)}",
-        in_domain={"chain_sum": f"gym:chain_sum?size=200&seed=1001&{CHAIN.format(t=3)}"},
-        out_of_domain={"two_terms": f"gym:chain_sum?size=200&seed=1002&{CHAIN.format(t=2)}",
-                       "letter_counting": f"gym:letter_counting?size=200&seed=1004&{LETTERS}"},
-        drift_data=f"gym:chain_sum?size=64&seed=1003&{CHAIN.format(t=3)}",
-        methods=list(METHODS), seeds=[0, 1, 2], token_budget=60000, batch_size=8, lora=True,
-        learning_rate=None, eval_max_new_tokens=48, realign_max_new_tokens=64, drift_max_new_tokens=48, prefs_k=4,
-        realign_require_correct=True, realign_require_eos=True, rejection_require_correct=True,
-        rationale="running_sums"),
+        _COMMON, model="smollm2-135m", regimes=["weak", "strong"], train_size=400, validation_size=64, test_size=200,
+        drift_size=64, out_of_domain_sets=2, methods=list(METHODS), seeds=[0, 1, 2], token_budget=60000,
+        batch_size=8, lora=True, learning_rates=[1e-4, 3e-4, 1e-3], eval_max_new_tokens=48,
+        realign_max_new_tokens=64, drift_max_new_tokens=48, prefs_k=4, realign_require_correct=True,
+        realign_require_eos=True, rejection_require_correct=True),
 }
+
+
+def regime_data(regime: str, settings: dict) -> dict:
+    """The regime's data sources at the profile's sizes: train_data (train_size + validation_size problems; the
+    validation ones are held out in stage 1), in_domain, out_of_domain, drift_data, rationale."""
+    spec, size = REGIMES[regime], settings["test_size"]
+
+    def gym(task, query, seed, n):
+        return f"gym:{task}?size={n}&seed={seed}&{query}"
+
+    return {"train_data": gym(*spec["train"], 0, settings["train_size"] + settings["validation_size"]),
+            "in_domain": {name: gym(*s, size) for name, s in spec["in_domain"].items()},
+            "out_of_domain": {name: gym(*s, size) for name, s in
+                              list(spec["out_of_domain"].items())[:settings["out_of_domain_sets"]]},
+            "drift_data": gym(*spec["train"], 1003, settings["drift_size"]), "rationale": spec["rationale"]}
 
 
 @dataclass
 class LabConfig(Options):
     profile: str = option("quick", "tiny (CI plumbing check), quick (default, ~20 min here) or full",
                           choices=list(PROFILES))
-    out: str = option("runs/lab", "lab directory (a rerun reuses finished stages)", output_dir=True)
+    out: str = option("runs/lab", "lab directory (a rerun reuses finished stages); with several regimes, one "
+                                  "lab per regime in OUT/<regime> and their comparison in OUT/report",
+                      output_dir=True)
+    regimes: list[str] | None = option(None, "the embedded studies to run: weak (solutions far from the model's "
+                                             "own style) and/or strong (close to it); see docs/lab.md",
+                                       choices=list(REGIMES))
     model: str | None = option(None, "base model (default: the profile's; tiny builds a random one)")
     train_data: str | None = option(None, "training data (reference solutions), any source opsft reads")
     prompt_field: str | None = option(None, "training data: column holding the question")
     completion_field: str | None = option(None, "training data: column holding the solution")
-    rationale: str | None = option(None, "gym chain_sum training solutions: running_sums (a terse worked "
-                                          "rationale, not the model's style) or task (the bare answer)",
-                                   choices=["running_sums", "task"])
+    rationale: str | None = option(None, "gym training solutions: running_sums (chain_sum: a terse worked "
+                                          "rationale), answer_sentence ('The answer is N.') or task (the bare "
+                                          "answer); default: the regime's", choices=["running_sums",
+                                                                                       "answer_sentence", "task"])
     in_domain: dict | None = option(None, "in-domain sets {name: data} (YAML only)", yaml_only=True)
     out_of_domain: dict | None = option(None, "out-of-domain sets (YAML only)", yaml_only=True)
     drift_data: str | dict | None = option(None, "prompts for the drift measure (in YAML also {data: ..., "
                                                  "prompt_field: ..., ...} as a suite's drift section)")
+    train_size: int | None = option(None, "embedded tasks: training problems", at_least=1)
+    validation_size: int | None = option(None, "training problems held out for choosing learning rates (never "
+                                               "trained on; 0: none)", at_least=0)
+    test_size: int | None = option(None, "embedded tasks: problems per test set", at_least=1)
+    drift_size: int | None = option(None, "embedded tasks: drift prompts", at_least=1)
     methods: list[str] | None = option(None, "methods to train: " + ", ".join(METHODS) + ", or LOSS@DATA (e.g. "
                                              "eaft@rejection; DATA: raw, realigned, rejection)")
     seeds: list[int] | None = option(None, "training seeds (each method is trained once per seed)", at_least=0)
@@ -120,6 +162,10 @@ class LabConfig(Options):
     lora: bool | None = option(None, "LoRA instead of full fine-tuning")
     learning_rate: float | None = option(None, "learning rate for every method (default: each method's own)",
                                          above=0)
+    learning_rates: list[float] | dict | None = option(
+        None, "a grid of learning rates: each method is trained at each on the first seed, and every seed then "
+              "at the one with the best accuracy on the validation split (in YAML also {method or loss: [rates], "
+              "default: [rates]})")
     eval_max_new_tokens: int | None = option(None, "length cap of an evaluated answer", at_least=1)
     realign_max_new_tokens: int | None = option(None, "length cap of a rewrite", at_least=1)
     drift_max_new_tokens: int | None = option(None, "length cap of a base sample for the drift measure", at_least=1)
@@ -132,34 +178,66 @@ class LabConfig(Options):
     progress: bool = option(True, "show progress bars")
 
     def rules(self):
+        from .losses import METHODS as FAMILY
+
         for method in self.methods or []:
             method_spec(method)
+        settings = self.resolved()
+        grid = settings["learning_rates"]
+        grids = list(grid.values()) if isinstance(grid, dict) else [grid] if grid is not None else []
+        own_data = [f"--{k.replace('_', '-')}" for k in DATA_KEYS[:4] if getattr(self, k) is not None]
         return [(self.seeds is None or len(self.seeds) > 0, "--seeds: give at least one seed"),
                 (self.methods is None or len(self.methods) > 0, "--methods: give at least one method"),
                 ((self.prompt_field is None) == (self.completion_field is None),
-                 "--prompt-field and --completion-field go together: give both or neither")]
+                 "--prompt-field and --completion-field go together: give both or neither"),
+                (self.regimes is None or len(self.regimes) > 0, "--regimes: give at least one"),
+                (len(self.regime_names()) == 1 or not own_data,
+                 f"{', '.join(own_data)} replace the embedded study's data: give one regime (--regimes weak)"),
+                (not isinstance(grid, dict) or set(grid) <= {"default", *settings["methods"], *FAMILY, "dpo", "simpo"},
+                 f"--learning-rates: keys are methods of this lab, losses or 'default' (got {sorted(grid or {})})"),
+                (all(isinstance(g, list) and g and all(isinstance(r, (int, float)) and not isinstance(r, bool)
+                                                       and r > 0 for r in g) for g in grids),
+                 f"--learning-rates: each grid is a list of positive numbers (got {grid})"),
+                (settings["validation_size"] > 0 or all(len(g) < 2 for g in grids),
+                 "--learning-rates: choosing among several needs a validation split (--validation-size > 0)")]
 
-    def resolved(self) -> dict:
-        """The profile's settings with every option given here put over them."""
+    def regime_names(self) -> list[str]:
+        """The regimes to run: as given, else the profile's (only its first when you bring your own data: the
+        regime then supplies only what you leave out)."""
+        if self.regimes:
+            return list(self.regimes)
+        own_data = any(getattr(self, k) is not None for k in DATA_KEYS[:4])
+        return PROFILES[self.profile]["regimes"][:1 if own_data else None]
+
+    def resolved(self, regime: str | None = None) -> dict:
+        """The profile's settings for one regime (default: the first), every option given here put over them."""
         settings = dict(PROFILES[self.profile])
         settings.update({k: v for k, v in asdict(self).items() if v is not None and k in settings})
-        return {**settings, "prompt_field": self.prompt_field, "completion_field": self.completion_field,
-                "profile": self.profile}
+        regime = regime or self.regime_names()[0]
+        for key, value in regime_data(regime, settings).items():
+            if settings[key] is None:
+                settings[key] = value
+        if PROFILES[self.profile]["lora"] and not settings["lora"] and settings["learning_rates"] == \
+                PROFILES[self.profile]["learning_rates"] and self.learning_rates is None:
+            settings["learning_rates"] = FULL_FINE_TUNING_GRID  # the profile's grid is for LoRA
+        settings.pop("regimes")
+        return {**settings, "regime": regime, "prompt_field": self.prompt_field,
+                "completion_field": self.completion_field, "profile": self.profile}
 
 
 class Lab:
-    def __init__(self, config: LabConfig):
+    """One study: one regime's training data, test sets and every method (stages above), in `out`."""
+
+    def __init__(self, config: LabConfig, regime: str | None = None, out: Path | None = None, clear: bool = True):
         from .eval_run import suite_sets
 
-        self.config, self.settings = config, config.resolved()
-        self.out = Path(config.out)
-        # the test sets and drift prompts are checked now, not after the first stages have run
+        self.config, self.settings = config, config.resolved(regime)
+        self.regime, self.out = self.settings["regime"], Path(out or config.out)
+        # the test sets and drift prompts are checked now (that they exist), not after the first stages have run
         suite_sets(eval_suite(self.settings, self.settings["model"]), self.out / "data" / "suite.yaml",
                    label="the lab's test sets")
-        if config.overwrite and self.out.exists():
-            for path in self.out.iterdir():  # all but the lock this run holds (locking.py)
-                if path.name != LOCK_FILE:
-                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if config.overwrite and clear:
+            clear_lab(self.out)
         self.out.mkdir(parents=True, exist_ok=True)
         saved = self.out / "lab_config.json"
         if saved.exists() and json.loads(saved.read_text()) != json.loads(json.dumps(self.settings)):
@@ -170,17 +248,17 @@ class Lab:
     # ---- bookkeeping ------------------------------------------------------------------------------
 
     def stage(self, number: int, name: str, work) -> dict:
-        marker = self.out / "stages" / f"{number}-{name}.json"
+        marker, where = self.out / "stages" / f"{number}-{name}.json", f"[lab {self.regime}]"
         if marker.exists():
-            print(f"[lab] stage {number}/7 {name}: done earlier, reused", flush=True)
+            print(f"{where} stage {number}/7 {name}: done earlier, reused", flush=True)
             return json.loads(marker.read_text())
-        print(f"[lab] stage {number}/7 {name} ...", flush=True)
+        print(f"{where} stage {number}/7 {name} ...", flush=True)
         started = time.perf_counter()
         result = work() or {}
         result["seconds"] = round(time.perf_counter() - started, 1)
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps(result, indent=2, default=str) + "\n")
-        print(f"[lab] stage {number}/7 {name}: finished in {result['seconds']:.0f} s", flush=True)
+        print(f"{where} stage {number}/7 {name}: finished in {result['seconds']:.0f} s", flush=True)
         return result
 
     def common(self) -> dict:
@@ -189,6 +267,8 @@ class Lab:
     # ---- stages ------------------------------------------------------------------------------------
 
     def build_data(self) -> dict:
+        """The training problems (data/train.jsonl, or the user's file as it is) and, when learning rates are
+        chosen, the validation split held out from them (data/validation.jsonl, never trained on)."""
         s = self.settings
         data_dir = self.out / "data"
         data_dir.mkdir(exist_ok=True)
@@ -197,15 +277,26 @@ class Lab:
 
             texts = [r["question"] + " " + r["solution"] for r in _gym_rows(s["train_data"], s["rationale"])]
             self.model = str(build_tiny_model(data_dir / "tiny-model", texts * 4))
-        train = data_dir / "train.jsonl"
+        train, validation = data_dir / "train.jsonl", data_dir / "validation.jsonl"
         if s["train_data"].startswith("gym:"):
-            rows = _gym_rows(s["train_data"], s["rationale"])
-            train.write_text("".join(json.dumps(r) + "\n" for r in rows))
-            fields = ("question", "solution")
+            rows, fields = _gym_rows(s["train_data"], s["rationale"]), ("question", "solution")
+        elif s["validation_size"]:
+            from .data import load_examples
+
+            fields = (s["prompt_field"], s["completion_field"])
+            rows = [e.row for e in load_examples(s["train_data"], prompt_field=fields[0],
+                                                 completion_field=fields[1]).examples]
         else:
-            train, fields = Path(s["train_data"]), (s["prompt_field"], s["completion_field"])
-        return {"model": self.model, "train": str(train), "prompt_field": fields[0], "completion_field": fields[1],
-                "suite": str(data_dir / "suite.yaml")}
+            return {"model": self.model, "train": s["train_data"], "prompt_field": s["prompt_field"],
+                    "completion_field": s["completion_field"], "suite": str(data_dir / "suite.yaml")}
+        held_out = validation_split(len(rows), s["validation_size"], s["train_data"])
+        _write_jsonl(train, [r for i, r in enumerate(rows) if i not in held_out])
+        result = {"model": self.model, "train": str(train), "prompt_field": fields[0], "completion_field": fields[1],
+                  "suite": str(data_dir / "suite.yaml")}
+        if held_out:
+            _write_jsonl(validation, [rows[i] for i in sorted(held_out)])
+            result.update(validation=str(validation), validation_problems=len(held_out))
+        return result
 
     def evaluate(self, model: str, out: Path) -> dict:
         from .eval_run import EvalConfig, run_eval
@@ -218,6 +309,21 @@ class Lab:
         return run_eval(EvalConfig(model=model, suite=self.data["suite"], out=str(out),
                                    max_new_tokens=s["eval_max_new_tokens"], drift_limit=None,
                                    drift_max_new_tokens=s["drift_max_new_tokens"], **self.common()))
+
+    def validate(self, model: str, out: Path) -> float:
+        """Accuracy on the validation split (training problems held out in stage 1), greedy, as the tests are."""
+        from .eval_run import EvalConfig, run_eval
+
+        d = self.data
+        answer = {"answer_field": "answer"} if self.settings["train_data"].startswith("gym:") else {}
+        suite = out.parent / "validation_suite.yaml"
+        suite.parent.mkdir(parents=True, exist_ok=True)
+        suite.write_text(yaml.safe_dump({"in_domain": {"validation": {
+            "data": d["validation"], "prompt_field": d["prompt_field"], "completion_field": d["completion_field"],
+            **answer}}}))
+        return run_eval(EvalConfig(model=model, suite=str(suite), out=str(out), drift_limit=None,
+                                   max_new_tokens=self.settings["eval_max_new_tokens"],
+                                   **self.common()))["in_domain_accuracy"]
 
     def score(self, data: str, out: str, fields: tuple[str | None, str | None]) -> dict:
         from .score_run import ScoreConfig, run_score
@@ -287,59 +393,135 @@ class Lab:
         return {kind: (path, fields, _tokens_per_example(path, fields, kind, tokenizer)) for kind, (path, fields)
                 in sets.items()}
 
-    def train_all(self) -> dict:
+    def learning_rates(self, method: str) -> list[float | None]:
+        """The grid this method is trained on (one value: no choice to make; None: the method's default)."""
+        grid = self.settings["learning_rates"]
+        if isinstance(grid, dict):
+            grid = grid.get(method, grid.get(method_spec(method)[0], grid.get("default")))
+        return list(grid) if grid else [self.settings["learning_rate"]]
+
+    def train_one(self, method: str, seed: int, learning_rate: float | None, sets: dict, name: str) -> dict:
+        """Train `method` at `learning_rate` with the lab's token budget into runs/<name> (resumed if cut off)."""
         from .train_run import TrainConfig, run_train
 
+        s, (loss, kind) = self.settings, method_spec(method)
+        path, fields, tokens = sets[kind]
+        steps = max(1, round(s["token_budget"] / (s["batch_size"] * tokens)))
+        out = self.out / "runs" / name
+        if not (out / "train_summary.json").exists() or not (out / "final").exists():
+            print(f"[lab {self.regime}] training {name}: {steps} steps of {s['batch_size']} x ~{tokens:.0f} tokens"
+                  + (f", learning rate {learning_rate:g}" if learning_rate else ""), flush=True)
+            run_train(TrainConfig(
+                model=self.model, data=path, prompt_field=fields[0], completion_field=fields[1], loss=loss,
+                output_dir=str(out), max_steps=steps, per_device_train_batch_size=s["batch_size"],
+                lora=s["lora"], learning_rate=learning_rate, seed=seed, logging_steps=1,
+                save_steps=max(1, steps // 4), save_total_limit=1, resume=True, **self.common()))
+        return {"method": method, "seed": seed, "dir": f"runs/{name}", "learning_rate": learning_rate,
+                "steps": steps, "tokens_per_example": tokens, "train_tokens": round(steps * s["batch_size"] * tokens)}
+
+    def select(self) -> dict:
+        """Each method with several learning rates: trained at each on the first seed, scored on the validation
+        split (training problems never trained on; the test sets are not read), the best kept (ties: the
+        smaller rate, the smaller step)."""
+        s, sets, seed = self.settings, self.training_sets(), self.settings["seeds"][0]
+        chosen = {}
+        for method in s["methods"]:
+            grid = self.learning_rates(method)
+            if len(grid) < 2 or method_spec(method)[1] not in sets:
+                continue
+            trials = []
+            for rate in grid:
+                run = self.train_one(method, seed, rate, sets, f"{method}-seed{seed}-lr{rate:g}")
+                accuracy = self.validate(str(self.out / run["dir"] / "final"), self.out / run["dir"] / "validation")
+                trials.append({**run, "validation_accuracy": accuracy})
+            best = max(trials, key=lambda t: (t["validation_accuracy"], -t["learning_rate"]))
+            chosen[method] = {"trials": trials, "learning_rate": best["learning_rate"], "run": best}
+        return {"validation_problems": self.data.get("validation_problems", 0), "methods": chosen}
+
+    def train_all(self) -> dict:
+        """Every method, every seed, at its chosen learning rate (the first seed's run is the selection's own)."""
         s, sets, runs = self.settings, self.training_sets(), {}
         for method in s["methods"]:
-            loss, kind = method_spec(method)
+            selection = self.selected["methods"].get(method)
+            rate = selection["learning_rate"] if selection else self.learning_rates(method)[0]
             for seed in s["seeds"]:
-                name = f"{method}-seed{seed}"
+                name, kind = f"{method}-seed{seed}", method_spec(method)[1]
                 if kind not in sets:
                     runs[name] = {"skipped": f"no {kind} training data: {SOURCES[kind]} gave none"}
-                    continue
-                path, fields, tokens = sets[kind]
-                steps = max(1, round(s["token_budget"] / (s["batch_size"] * tokens)))
-                out = self.out / "runs" / name
-                if not (out / "train_summary.json").exists() or not (out / "final").exists():
-                    print(f"[lab] training {name}: {steps} steps of {s['batch_size']} x ~{tokens:.0f} tokens",
-                          flush=True)
-                    run_train(TrainConfig(
-                        model=self.model, data=path, prompt_field=fields[0], completion_field=fields[1], loss=loss,
-                        output_dir=str(out), max_steps=steps, per_device_train_batch_size=s["batch_size"],
-                        lora=s["lora"], learning_rate=s["learning_rate"], seed=seed, logging_steps=1,
-                        save_steps=max(1, steps // 4), save_total_limit=1, resume=True, **self.common()))
-                runs[name] = {"method": method, "seed": seed, "steps": steps, "tokens_per_example": tokens,
-                              "train_tokens": round(steps * s["batch_size"] * tokens)}
+                elif selection and seed == selection["run"]["seed"]:
+                    runs[name] = {k: v for k, v in selection["run"].items() if k != "validation_accuracy"}
+                else:
+                    runs[name] = self.train_one(method, seed, rate, sets, name)
         return {"runs": runs}
+
+    def evaluate_all(self, runs: dict) -> dict:
+        """The final evaluations, the only place the test sets are read: the base model, then every run."""
+        base = _accuracies(self.evaluate(self.model, self.out / "eval" / "base"))
+        return {"base": base, "runs": {name: _accuracies(self.evaluate(str(self.out / r["dir"] / "final"),
+                                                                       self.out / r["dir"] / "eval"))
+                                       for name, r in runs.items() if "skipped" not in r}}
 
     def run(self) -> dict:
         self.data = self.stage(1, "data", self.build_data)
         self.model = self.data["model"]
         # written on every run, so that a lab cached by an older opsft evaluates with today's suite (drift included)
         Path(self.data["suite"]).write_text(yaml.safe_dump(eval_suite(self.settings, self.model), sort_keys=False))
-        self.stage(2, "base", lambda: {"eval": str(self.out / "eval" / "base"),
-                                       **_accuracies(self.evaluate(self.model, self.out / "eval" / "base"))})
         d = self.data
-        self.stage(3, "score", lambda: {"phi_mean": self.score(d["train"], str(self.out / "score" / "raw"),
+        self.stage(2, "score", lambda: {"phi_mean": self.score(d["train"], str(self.out / "score" / "raw"),
                                                                (d["prompt_field"], d["completion_field"]))["phi_mean"]})
         needs_realign = any(method_spec(m)[1] == "realigned" for m in self.settings["methods"])
-        self.realigned = self.stage(4, "realign", self.realign if needs_realign else lambda: {"skipped": "no method "
+        self.realigned = self.stage(3, "realign", self.realign if needs_realign else lambda: {"skipped": "no method "
                                                                                               "uses it"})
-        runs = self.stage(5, "train", self.train_all)["runs"]
-        self.stage(6, "eval", lambda: {"runs": {
-            name: _accuracies(self.evaluate(str(self.out / "runs" / name / "final"), self.out / "runs" / name / "eval"))
-            for name, r in runs.items() if "skipped" not in r}})
+        self.selected = self.stage(4, "select", self.select)
+        self.runs = self.stage(5, "train", self.train_all)["runs"]
+        self.stage(6, "eval", lambda: self.evaluate_all(self.runs))
         from .lab_report import write_report
 
-        report = self.stage(7, "report", lambda: write_report(self.out, self.settings, runs))
+        report = self.stage(7, "report", lambda: write_report(self.out, self.settings, self.runs, self.selected))
         print("\n" + (self.out / "report" / "results.md").read_text(), flush=True)
-        print(f"[lab] report: {self.out / 'report' / 'index.html'}", flush=True)
+        print(f"[lab {self.regime}] report: {self.out / 'report' / 'index.html'}", flush=True)
         return report
 
 
 def run_lab(config: LabConfig) -> dict:
-    return Lab(config).run()
+    """One lab, or with several regimes one per regime in OUT/<regime> and their comparison in OUT/report."""
+    regimes = config.regime_names()
+    if len(regimes) == 1:
+        return Lab(config, regimes[0]).run()
+    out = Path(config.out)
+    if config.overwrite:
+        clear_lab(out)
+    labs = [Lab(config, regime, out / regime, clear=False) for regime in regimes]  # every regime checked first
+    for lab in labs:
+        lab.run()
+    from .lab_report import write_regimes_report
+
+    summary = write_regimes_report(out, [(lab.regime, lab.out, lab.settings, lab.runs) for lab in labs])
+    print("\n" + (out / "report" / "regimes.md").read_text(), flush=True)
+    print(f"[lab] regimes compared: {out / 'report' / 'index.html'}", flush=True)
+    return summary
+
+
+def clear_lab(out: Path) -> None:
+    """Remove an earlier lab in `out`, all but the lock this run holds (locking.py)."""
+    if out.exists():
+        for path in out.iterdir():
+            if path.name != LOCK_FILE:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def validation_split(n: int, size: int, source: str) -> set[int]:
+    """Indices of the `size` rows held out for validation: a fixed random draw (seed 0), so that rows written in
+    order (by difficulty, by topic) do not put one kind only in the validation split."""
+    import random
+
+    if size and size >= n:
+        raise OpsftError(f"--validation-size {size}: the training data {source} has {n} rows; hold out fewer")
+    return set(random.Random(0).sample(range(n), size)) if size else set()
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
 
 
 def eval_suite(settings: dict, base_model: str) -> dict:
@@ -358,7 +540,8 @@ def _accuracies(summary: dict) -> dict:
 
 
 def _gym_rows(spec: str, rationale: str) -> list[dict]:
-    """A gym task's rows as question/solution/answer; chain_sum solutions as terse running sums if asked."""
+    """A gym task's rows as question/solution/answer; the solutions as the task gives them (rationale 'task'),
+    as terse running sums (chain_sum), or as the sentence SmolLM2 itself answers with, 'The answer is N.'."""
     from .data import load_examples
 
     rows = []
@@ -367,6 +550,8 @@ def _gym_rows(spec: str, rationale: str) -> list[dict]:
         expression = e.row.get("metadata", {}).get("expression")
         if rationale == "running_sums" and expression:
             row["solution"] = running_sums(expression)
+        elif rationale == "answer_sentence":
+            row["solution"] = f"The answer is {e.row['answer']}."
         rows.append(row)
     return rows
 

@@ -6,8 +6,14 @@ base's samples), the training data's phi_mean under the base model, training tok
 model is the first row. A second table gives the accuracy on each test set. A third gives each method's
 difference from SFT (from the base when SFT was not run), paired by problem (`evaluation.paired_difference`,
 per-problem accuracies averaged over seeds) with a 95 % interval over problems, and the std over seeds of the
-per-seed differences. Written into <lab>/report/: results.md, results.csv, results.json, differences.json,
-accuracy.png, phi_hist.png, training_curves.png, index.html.
+per-seed differences. Where learning rates were chosen, a fourth gives each rate's validation accuracy and the
+choice. The learning-vs-forgetting plot puts each method at (in-domain gain, out-of-domain change) over the base.
+Written into <lab>/report/: results.md, results.csv, results.json, differences.json, accuracy.png,
+learning_vs_forgetting.png, phi_hist.png, training_curves.png, index.html.
+
+Several regimes (lab.run_lab): <out>/report/ compares them, `write_regimes_report`: each regime's training-data
+phi_mean beside every method's gain over SFT, in-domain and out-of-domain with their intervals (regimes.md,
+regimes.json), and the learning-vs-forgetting plot with one panel per regime.
 """
 
 from __future__ import annotations
@@ -50,13 +56,15 @@ def collect_rows(out: Path, settings: dict, runs: dict) -> list[dict]:
              "sets": {name: (info["accuracy"], None) for name, info in base["sets"].items()},
              "out_of_domain": (base["out_of_domain_accuracy"], None),
              "drift": ((base.get("drift") or {}).get("drift"), None), "train_phi_mean": None,
-             "train_tokens": (0, None), "train_seconds": (0, None), "note": ""}]
+             "train_tokens": (0, None), "train_seconds": (0, None), "learning_rate": None, "note": ""}]
     for method in settings["methods"]:
         names = [f"{method}-seed{seed}" for seed in settings["seeds"]]
         skipped = [runs[n]["skipped"] for n in names if "skipped" in runs.get(n, {})]
-        eval_dirs = [out / "runs" / n / "eval" for n in names if "skipped" not in runs.get(n, {})]
+        trained = [runs[n] for n in names if n in runs and "skipped" not in runs[n]]
+        eval_dirs = [out / r["dir"] / "eval" for r in trained]
         evals = [_read(d / "eval_summary.json") for d in eval_dirs]
-        trains = [_read(out / "runs" / n / "train_summary.json") for n in names]
+        trains = [_read(out / r["dir"] / "train_summary.json") for r in trained]
+        rates = sorted({r["learning_rate"] for r in trained}, key=lambda x: (x is None, x))
         evals, trains = [e for e in evals if e], [t for t in trains if t]
         rows.append({
             "method": method, "seeds": len(evals),
@@ -68,6 +76,7 @@ def collect_rows(out: Path, settings: dict, runs: dict) -> list[dict]:
             "train_phi_mean": _phi_of(out, method_spec(method)[1]),
             "train_tokens": _spread([runs[n]["train_tokens"] for n in names if "train_tokens" in runs.get(n, {})]),
             "train_seconds": _spread([t["train_seconds"] for t in trains]),
+            "learning_rate": ", ".join("default" if r is None else f"{r:g}" for r in rates) or None,
             "note": skipped[0] if skipped else "",
         })
     return rows
@@ -103,17 +112,18 @@ def _problem_ci95(eval_dirs: list[Path]) -> dict:
     return result
 
 
-def collect_differences(out: Path, settings: dict, runs: dict) -> list[dict]:
-    """Each method (and the base) against SFT, or every method against the base when SFT was not run."""
-    reference = "sft" if "sft" in settings["methods"] else None
+def collect_differences(out: Path, settings: dict, runs: dict, reference: str | None = "sft") -> list[dict]:
+    """Each method (and the base) against `reference` (a method; None: the base), or against the base when the
+    reference method was not run."""
+    reference = reference if reference in settings["methods"] else None
     base_dir = out / "eval" / "base"
 
     def eval_dirs(method):
         if method is None:
             return {seed: base_dir for seed in settings["seeds"]}
-        return {seed: out / "runs" / f"{method}-seed{seed}" / "eval" for seed in settings["seeds"]
-                if "skipped" not in runs.get(f"{method}-seed{seed}", {})
-                and (out / "runs" / f"{method}-seed{seed}" / "eval" / "eval_summary.json").exists()}
+        named = {seed: runs.get(f"{method}-seed{seed}", {}) for seed in settings["seeds"]}
+        return {seed: out / r["dir"] / "eval" for seed, r in named.items()
+                if "dir" in r and (out / r["dir"] / "eval" / "eval_summary.json").exists()}
 
     against = eval_dirs(reference)
     if not against:
@@ -147,11 +157,32 @@ def format_differences(rows: list[dict]) -> str:
              "(std over seeds of the per-seed Δ)", "",
              "| method | Δ in-domain acc | Δ out-of-domain acc |", "|---|---|---|"]
 
-    def cell(d):
-        seeds = f" (seeds ± {d['seed_std']:.3f})" if d["seed_std"] is not None else ""
-        return f"{d['delta']:+.3f} [±{d['ci95_half_width']:.3f}]{seeds}"
+    lines += [f"| {r['method']} | {_delta(r['in_domain'])} | {_delta(r['out_of_domain'])} |" for r in rows]
+    return "\n".join(lines)
 
-    lines += [f"| {r['method']} | {cell(r['in_domain'])} | {cell(r['out_of_domain'])} |" for r in rows]
+
+def _delta(d: dict | None) -> str:
+    if d is None:
+        return "—"
+    seeds = f" (seeds ± {d['seed_std']:.3f})" if d["seed_std"] is not None else ""
+    return f"{d['delta']:+.3f} [±{d['ci95_half_width']:.3f}]{seeds}"
+
+
+def format_selection(selected: dict) -> str:
+    """The learning-rate choice: each rate's accuracy on the validation split, first seed, and the rate kept."""
+    methods = selected.get("methods") or {}
+    if not methods:
+        return ""
+    rates = sorted({t["learning_rate"] for m in methods.values() for t in m["trials"]})
+    lines = [f"Learning rate chosen per method on the validation split ({selected['validation_problems']} training "
+             "problems held out, never trained on; the test sets are not read): validation accuracy at each rate on "
+             "the first seed, ties to the smaller rate", "",
+             "| method | " + " | ".join(f"lr {r:g}" for r in rates) + " | chosen |",
+             "|---|" + "---|" * (len(rates) + 1)]
+    for method, m in methods.items():
+        accuracy = {t["learning_rate"]: t["validation_accuracy"] for t in m["trials"]}
+        lines.append(f"| {method} | " + " | ".join(f"{accuracy[r]:.3f}" if r in accuracy else "—" for r in rates)
+                     + f" | {m['learning_rate']:g} |")
     return "\n".join(lines)
 
 
@@ -166,17 +197,19 @@ def _cell(value: tuple | None, digits: int = 3, signed: bool = False, ci95: floa
 
 
 def format_results(rows: list[dict], settings: dict) -> str:
-    lines = [f"opsft lab ({settings['profile']}): {settings['model']}, trained on {settings['train_data']}",
+    lines = [f"opsft lab ({settings['profile']}, {settings.get('regime', '')} regime): {settings['model']}, "
+             f"trained on {settings['train_data']}",
              "in-domain: " + ", ".join(settings["in_domain"]) + "; out-of-domain: " +
              ", ".join(settings["out_of_domain"]) + "; mean ± std over seeds [95 % interval over problems]", "",
-             "| method | seeds | in-domain acc | out-of-domain acc | drift | train data phi_mean | train tokens "
-             "| train time (s) |", "|---|---|---|---|---|---|---|---|"]
+             "| method | seeds | in-domain acc | out-of-domain acc | drift | train data phi_mean | learning rate "
+             "| train tokens | train time (s) |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         phi = "—" if r["train_phi_mean"] is None else f"{r['train_phi_mean']:+.3f}"
         tokens = _cell(r["train_tokens"], 0)
         accuracies = [_cell(r[group], ci95=r[f"{group}_ci95"]) for group in ("in_domain", "out_of_domain")]
         lines.append(f"| {r['method']} | {r['seeds']} | {accuracies[0]} | {accuracies[1]} | "
-                     f"{_cell(r['drift'], signed=True)} | {phi} | {tokens} | {_cell(r['train_seconds'], 0)} |"
+                     f"{_cell(r['drift'], signed=True)} | {phi} | {r['learning_rate'] or '—'} | {tokens} | "
+                     f"{_cell(r['train_seconds'], 0)} |"
                      + (f" {r['note']}" if r["note"] else ""))
     return "\n".join(lines)
 
@@ -189,7 +222,7 @@ def format_sets(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_report(out: Path, settings: dict, runs: dict) -> dict:
+def write_report(out: Path, settings: dict, runs: dict, selected: dict | None = None) -> dict:
     report = out / "report"
     report.mkdir(exist_ok=True)
     rows = collect_rows(out, settings, runs)
@@ -197,6 +230,8 @@ def write_report(out: Path, settings: dict, runs: dict) -> dict:
     table = format_results(rows, settings) + "\n\n" + format_sets(rows)
     if differences:
         table += "\n\n" + format_differences(differences)
+    if selection := format_selection(selected or {}):
+        table += "\n\n" + selection
     (report / "results.md").write_text(table + "\n")
     (report / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     (report / "differences.json").write_text(json.dumps(differences, indent=2) + "\n")
@@ -205,16 +240,93 @@ def write_report(out: Path, settings: dict, runs: dict) -> dict:
         keys = ["in_domain", "out_of_domain", "drift", "train_tokens", "train_seconds"]
         intervals = ["in_domain_ci95", "out_of_domain_ci95"]
         writer.writerow(["method", "seeds", *[f"{k}_{s}" for k in keys for s in ("mean", "std")], *intervals,
-                         "train_phi_mean", "note"])
+                         "train_phi_mean", "learning_rate", "note"])
         for r in rows:
             writer.writerow([r["method"], r["seeds"], *[("" if v is None else v) for k in keys for v in r[k]],
                              *[("" if r[k] is None else r[k]) for k in intervals],
-                             "" if r["train_phi_mean"] is None else r["train_phi_mean"], r["note"]])
+                             "" if r["train_phi_mean"] is None else r["train_phi_mean"], r["learning_rate"] or "",
+                             r["note"]])
     _plot_accuracy(rows, report / "accuracy.png")
+    plot_learning_forgetting([regime_study(settings.get("regime", ""), out, settings, runs)],
+                             report / "learning_vs_forgetting.png")
     _plot_phi(out, report / "phi_hist.png")
     _plot_curves(out, runs, report / "training_curves.png")
     _write_html(report, table, settings)
     return {"rows": len(rows)}
+
+
+def regime_study(regime: str, out: Path, settings: dict, runs: dict) -> dict:
+    """One regime's evidence: its training data's phi_mean, each method against SFT and against the base."""
+    return {"regime": regime, "train_data": settings["train_data"], "phi_mean": _phi_of(out, "raw"),
+            "methods": settings["methods"], "vs_sft": collect_differences(out, settings, runs, "sft"),
+            "vs_base": collect_differences(out, settings, runs, None)}
+
+
+def format_regimes(studies: list[dict]) -> str:
+    """Which loss when: every method's gain over SFT in each regime, beside the regime's training-data phi_mean."""
+    heads = [f"{s['regime']} (train phi_mean {s['phi_mean']:+.3f})" if s["phi_mean"] is not None else s["regime"]
+             for s in studies]
+    lines = ["Gain over SFT in each regime (method − sft), paired by problem: Δ [95 % interval over problems] (std "
+             "over seeds of the per-seed Δ). The regime's phi_mean is its reference solutions' distance from the "
+             "base model (DDT: 0 = the model's own distribution)", "",
+             "| method | " + " | ".join(f"{h}: Δ in-domain | {h}: Δ out-of-domain" for h in heads) + " |",
+             "|---|" + "---|---|" * len(studies)]
+    methods = ["base (no training)", *dict.fromkeys(m for s in studies for m in s["methods"] if m != "sft")]
+    for method in methods:
+        cells = []
+        for s in studies:
+            row = next((r for r in s["vs_sft"] if r["method"] == method and r["vs"] == "sft"), None)
+            cells += [_delta(row and row["in_domain"]), _delta(row and row["out_of_domain"])]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_regimes_report(out: Path, labs: list[tuple[str, Path, dict, dict]]) -> dict:
+    """<out>/report/: the regime table (regimes.md, regimes.json), the learning-vs-forgetting plot with a panel
+    per regime, and index.html linking each regime's own report."""
+    report = out / "report"
+    report.mkdir(parents=True, exist_ok=True)
+    studies = [regime_study(regime, lab_out, settings, runs) for regime, lab_out, settings, runs in labs]
+    table = format_regimes(studies)
+    (report / "regimes.md").write_text(table + "\n")
+    (report / "regimes.json").write_text(json.dumps(studies, indent=2) + "\n")
+    plot_learning_forgetting(studies, report / "learning_vs_forgetting.png")
+    links = "".join(f'<li><a href="../{html.escape(s["regime"])}/report/index.html">{html.escape(s["regime"])}</a>: '
+                    f"trained on {html.escape(s['train_data'])}</li>" for s in studies)
+    _write_html(report, table, labs[0][2], title="opsft lab: the regimes compared",
+                images=(("Learning against forgetting", "learning_vs_forgetting.png"),), extra=f"<ul>{links}</ul>")
+    return {"regimes": [s["regime"] for s in studies]}
+
+
+def plot_learning_forgetting(studies: list[dict], path: Path) -> None:
+    """One panel per regime, one point per method: in-domain gain (x) against out-of-domain change (y) over the
+    base model, each with its 95 % interval over problems (paired by problem, seeds averaged)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(studies), figsize=(6.5 * len(studies), 5), dpi=120, squeeze=False)
+    for ax, study in zip(axes[0], studies):
+        points = [r for r in study["vs_base"] if r["vs"] == "base"]
+        for i, r in enumerate(points):
+            x, y = r["in_domain"], r["out_of_domain"]
+            ax.errorbar(x["delta"], y["delta"], xerr=x["ci95_half_width"], yerr=y["ci95_half_width"], fmt="o",
+                        markersize=5, capsize=2, linewidth=0.8, color="black" if r["method"] == "sft" else f"C{i % 10}")
+            ax.annotate(r["method"], (x["delta"], y["delta"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.axhline(0, color="grey", linewidth=0.6)
+        ax.axvline(0, color="grey", linewidth=0.6)
+        for r in points:  # SFT's point, dashed: right of and above it is better than SFT
+            if r["method"] == "sft":
+                ax.axvline(r["in_domain"]["delta"], color="black", linewidth=0.6, linestyle="--")
+                ax.axhline(r["out_of_domain"]["delta"], color="black", linewidth=0.6, linestyle="--")
+        phi = f", train phi_mean {study['phi_mean']:+.3f}" if study["phi_mean"] is not None else ""
+        ax.set_title(f"{study['regime']} regime{phi}", fontsize=9)
+        ax.set_xlabel("in-domain gain over the base (learning)", fontsize=9)
+        ax.set_ylabel("out-of-domain change from the base (forgetting < 0)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def _plot_accuracy(rows, path):
@@ -259,8 +371,8 @@ def _plot_curves(out, runs, path):
 
     curves = {}  # (panel, method) -> {step: [value per seed]}
     for name, run in runs.items():
-        summary = _read(out / "runs" / name / "train_summary.json")
-        if "skipped" in run or not summary:
+        summary = _read(out / run["dir"] / "train_summary.json") if "dir" in run else None
+        if not summary:
             continue
         key = "nll" if any("nll" in h for h in summary["log_history"]) else "loss"
         curve = curves.setdefault((key, run["method"]), {})
@@ -284,8 +396,13 @@ def _plot_curves(out, runs, path):
     plt.close(fig)
 
 
-def _write_html(report: Path, table: str, settings: dict) -> None:
-    page, caption, rows = [f"<h1>opsft lab ({html.escape(settings['profile'])})</h1>"], [], []
+def _write_html(report: Path, table: str, settings: dict, *, title: str | None = None, images=None,
+                extra: str = "") -> None:
+    title = title or f"opsft lab ({settings['profile']}, {settings.get('regime', '')} regime)"
+    images = images or (("Accuracy", "accuracy.png"), ("Learning against forgetting", "learning_vs_forgetting.png"),
+                        ("Training data: phi_mean before and after re-alignment", "phi_hist.png"),
+                        ("Training curves", "training_curves.png"))
+    page, caption, rows = [f"<h1>{html.escape(title)}</h1>{extra}"], [], []
     for line in [*table.splitlines(), ""]:  # caption lines, then a markdown table, for each table
         if line.startswith("|"):
             rows += [] if line.startswith("|---") else [line]
@@ -296,10 +413,10 @@ def _write_html(report: Path, table: str, settings: dict) -> None:
             caption, rows = [line] if line else [], []
         elif line:
             caption.append(line)
+    pictures = "".join(f'<h2>{html.escape(name)}</h2><img src="{file}">' for name, file in images)
     (report / "index.html").write_text(f"""<!doctype html><meta charset="utf-8"><title>opsft lab</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}img{{max-width:100%}}</style>
 {"".join(page)}
-<h2>Accuracy</h2><img src="accuracy.png"><h2>Training data: phi_mean before and after re-alignment</h2>
-<img src="phi_hist.png"><h2>Training curves</h2><img src="training_curves.png">
+{pictures}
 <h2>Settings</h2><pre>{html.escape(json.dumps(settings, indent=2))}</pre>""")
