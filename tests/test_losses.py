@@ -222,3 +222,31 @@ def test_gamma_is_bounded_for_extreme_phi():
 def test_bad_options_say_what_to_change(change, message):
     with pytest.raises(OpsftError, match=message):
         dataclasses.replace(LossConfig(), **change)  # checked when built
+
+
+def test_sequence_importance_weights_by_hand():
+    """w_b = clamp(exp(kappa * mean_t r_bt), 0, w_max), masked positions only; self-normalised to mean 1 over the
+    sequences with positions (the iw-SFT control configuration: kappa 10, w_max 1000)."""
+    from opsft.losses import sequence_importance_weights
+
+    r = torch.tensor([[0.1, 0.3, 9.0], [-0.2, 0.0, 0.0], [0.5, 0.5, 0.5], [1.0, 1.0, 1.0]], dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1], [0, 0, 0]])
+    weights, raw = sequence_importance_weights(r, mask, kappa=10.0, w_max=1000.0)
+    expected_raw = [math.exp(10 * 0.2), math.exp(10 * -0.2), math.exp(10 * 0.5), 1.0]  # empty: exp(0)
+    assert raw.tolist() == pytest.approx(expected_raw)
+    assert weights.tolist() == pytest.approx([min(x, 1000.0) for x in expected_raw])
+    normalised, _ = sequence_importance_weights(r, mask, kappa=10.0, w_max=1000.0, self_normalise=True)
+    kept = [min(x, 1000.0) for x in expected_raw[:3]]
+    assert normalised.tolist() == pytest.approx([3 * w / sum(kept) for w in kept] + [0.0])
+    assert float(normalised[:3].mean()) == pytest.approx(1.0)
+    clipped, _ = sequence_importance_weights(r, mask, kappa=10.0, w_max=2.0)
+    assert clipped.tolist() == pytest.approx([2.0, math.exp(-2), 2.0, 1.0])
+
+
+def test_token_importance_weights_by_hand():
+    from opsft.losses import token_importance_weights
+
+    r = torch.tensor([0.05, -0.3, 0.2], dtype=torch.float64)
+    weights, raw = token_importance_weights(r, low=0.0, high=2.0, kappa=10.0)
+    assert raw.tolist() == pytest.approx([math.exp(0.5), math.exp(-3), math.exp(2)])
+    assert weights.tolist() == pytest.approx([math.exp(0.5), math.exp(-3), 2.0])

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from trl.kernels import ChunkedLogProbFunction
 
 # Vocabulary columns per projection tile. TRL's kernel tiles 4096 tokens x this many columns, so the
 # extra memory is bounded by it whatever the batch, length or vocabulary (docs/benchmarks.md: 1/16 of
@@ -37,16 +36,20 @@ def logprobs_and_entropy(
     model) but keeps its softmax sums in fp32, whatever the model's dtype: the results agree with an exact
     float64 computation to about 1e-6 nats, not to float64 precision (tests/test_ddt.py).
     """
+    from trl.kernels import ChunkedLogProbFunction  # here, not at import: token_phi serves policies too (control)
+
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     log_probs, entropy, *_ = ChunkedLogProbFunction.apply(
-        hidden if hidden.dtype == torch.float64 else hidden.float(), weight, bias, targets, temperature, VOCAB_TILE, softcap, logit_scale, ("entropy",)
+        hidden if hidden.dtype == torch.float64 else hidden.float(), weight, bias, targets, temperature, VOCAB_TILE,
+        softcap, logit_scale, ("entropy",)
     )
     return log_probs, entropy
 
 
 def token_phi(log_probs, entropy):
-    """phi_t = log p_t(y_t) + H(p_t), per token (nats); tensors or arrays."""
+    """phi_t = log p_t(y_t) + H(p_t), per token (nats); tensors or arrays. For a continuous policy, per step
+    with densities: log pi(a_t|s_t) + H(pi(.|s_t)) (opsft.control.policy)."""
     return log_probs + entropy
 
 

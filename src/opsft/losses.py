@@ -108,6 +108,36 @@ def idft_gamma(phi: torch.Tensor, lam: float, beta: float = 1.0, gamma_min: floa
     return 1 + lam * (torch.exp(-phi / beta).clamp(gamma_min, gamma_max) - 1)
 
 
+def sequence_importance_weights(log_ratio: torch.Tensor, mask: torch.Tensor, *, kappa: float = 1.0,
+                                w_max: float = 16.0, self_normalise: bool = False
+                                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """iw-SFT's weight per sequence, and the weight before clipping ([B] each).
+
+        w_b = clamp(exp(kappa * sum_t r_bt / T_b), 0, w_max),    r_bt = log q(y_bt) - log p_ref(y_bt)
+
+    over the T_b masked positions of sequence b (r is 0 elsewhere); q is the proposal: the model being trained
+    (LLMs) or an average of it (control: an EMA). kappa is the temperature (control: 10). With `self_normalise`,
+    w_b * B' / sum_b' w_b' over the B' sequences that have positions, so that the weights average 1 in the batch
+    (0 for empty sequences). No gradient flows through the weights."""
+    mask = mask.to(log_ratio.dtype)
+    lengths = mask.sum(-1)
+    raw = torch.exp(kappa * (log_ratio.detach() * mask).sum(-1) / lengths.clamp(min=1))
+    weights = raw.clamp(0, w_max)
+    if self_normalise:
+        has_positions = lengths > 0
+        weights = torch.where(has_positions, weights, 0.0)
+        weights = weights * has_positions.sum() / weights.sum().clamp(min=torch.finfo(weights.dtype).tiny)
+    return weights, raw
+
+
+def token_importance_weights(log_ratio: torch.Tensor, *, low: float, high: float, kappa: float = 1.0
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """iw-SFT's weight per token, and the weight before clipping: w_t = clamp(exp(kappa * r_t), low, high),
+    r_t = log q(y_t) - log p_ref(y_t). No gradient flows through the weights."""
+    raw = torch.exp(kappa * log_ratio.detach())
+    return raw.clamp(low, high), raw
+
+
 def token_weights(config: LossConfig, log_probs: torch.Tensor, entropy: torch.Tensor | None, mask: torch.Tensor, *,
                   progress: float = 0.0, ref_log_probs: torch.Tensor | None = None,
                   quality: torch.Tensor | None = None, vocab_size: int | None = None) -> TokenWeights:
@@ -137,15 +167,13 @@ def token_weights(config: LossConfig, log_probs: torch.Tensor, entropy: torch.Te
             raise ValueError("iw-SFT needs reference log-probs")
         log_ratio = (log_p - ref_log_probs) * mask
         if config.iw_level == "sequence":
-            mean_ratio = log_ratio.sum(-1) / mask.sum(-1).clamp(min=1)
-            raw = torch.exp(config.iw_kappa * mean_ratio)
-            sequence_weights = raw.clamp(0, config.iw_w_max)
+            sequence_weights, raw = sequence_importance_weights(log_ratio, mask, kappa=config.iw_kappa,
+                                                                w_max=config.iw_w_max)
             weights = sequence_weights[:, None].expand_as(log_p)
             has_tokens = mask.sum(-1) > 0
             stats.update(sequence_weight=sequence_weights[has_tokens], clipped=(raw > config.iw_w_max)[has_tokens])
         else:
-            raw = torch.exp(log_ratio)
-            weights = raw.clamp(config.iw_clip_low, config.iw_clip_high)
+            weights, raw = token_importance_weights(log_ratio, low=config.iw_clip_low, high=config.iw_clip_high)
             stats.update(clipped=((raw < config.iw_clip_low) | (raw > config.iw_clip_high))[mask.bool()])
     elif method == "sftq":
         if quality is None:
