@@ -70,13 +70,13 @@ class Episodes:
 
     def padded(self, indices=None, device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Episodes (all, or at `indices`) as padded tensors: observations [E, T, d], actions [E, T, a] and the
-        mask [E, T] (1 on an episode's steps, 0 on padding), T the longest episode."""
+        mask [E, T] (1 on an episode's steps, 0 on padding), T the longest episode; the episodes' dtype."""
         indices = range(len(self)) if indices is None else indices
         chosen = [int(i) for i in indices]
         longest = max(len(self.actions[i]) for i in chosen)
-        obs = np.zeros((len(chosen), longest, self.observations[0].shape[1]), np.float32)
-        act = np.zeros((len(chosen), longest, self.actions[0].shape[1]), np.float32)
-        mask = np.zeros((len(chosen), longest), np.float32)
+        obs = np.zeros((len(chosen), longest, self.observations[0].shape[1]), self.observations[0].dtype)
+        act = np.zeros((len(chosen), longest, self.actions[0].shape[1]), self.actions[0].dtype)
+        mask = np.zeros((len(chosen), longest), self.actions[0].dtype)
         for row, i in enumerate(chosen):
             n = len(self.actions[i])
             obs[row, :n], act[row, :n], mask[row, :n] = self.observations[i], self.actions[i], 1

@@ -1,0 +1,179 @@
+"""Training a policy from episodes: stage A (the reference, BC on all data) and stage C (a method on the curated
+episodes), as in the iw-SFT paper's control experiments, with two ways to batch.
+
+    episode batching (the authors'): each step takes `batch_episodes` whole episodes, padded, and applies the
+        objective (objectives.py) to them; iw-SFT's episode weights are self-normalised over that batch.
+    sampled batching (the CPU default): each step takes `batch_pairs` (episode, step) pairs, the episode drawn
+        uniformly from the curated list (duplicates included), the step uniformly within it, so that
+        E[-w_b log pi_bt] = mean_b w_b nll_b: the episode-weighted objective, unbiased (bc_transitions draws
+        transitions uniformly instead). Episode weights come from the whole curated list, self-normalised over
+        it, and are recomputed every `refresh_every` steps (the proposal moves slowly); step weights are exact.
+
+Stage A: Adam (lr 1e-3), 10,000 steps of 128 episodes. Stage C: the policy and the proposal start from the
+reference, which stays frozen; Adam (lr 4e-5), 300 warm-up steps then a cosine to 0 over 2,000 steps, batches
+of 256 episodes. The proposal is updated (EMA) before each loss.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..losses import sequence_importance_weights, token_importance_weights
+from .data import Episodes
+from .objectives import ObjectiveConfig, ema_update, objective
+from .policy import GaussianPolicy
+
+
+@dataclass
+class Schedule:
+    steps: int
+    learning_rate: float
+    warmup_steps: int = 0
+    cosine: bool = False
+    batching: str = "episode"  # or "sampled"
+    batch_episodes: int = 256
+    batch_pairs: int = 256
+    refresh_every: int = 50
+
+    def rate(self, step: int) -> float:
+        """The learning rate at `step` (0-based): linear warm-up, then constant or a cosine to 0."""
+        if step < self.warmup_steps:
+            return self.learning_rate * (step + 1) / self.warmup_steps
+        if not self.cosine:
+            return self.learning_rate
+        progress = (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps)
+        return self.learning_rate * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+REFERENCE = Schedule(steps=10_000, learning_rate=1e-3, batch_episodes=128)
+CURATED = Schedule(steps=2_000, learning_rate=4e-5, warmup_steps=300, cosine=True, batch_episodes=256)
+
+
+def new_policy(episodes: Episodes, hidden=(256, 256, 256), action_low=-1.0, action_high=1.0,
+               seed: int = 0) -> GaussianPolicy:
+    torch.manual_seed(seed)
+    return GaussianPolicy(episodes.observations[0].shape[1], episodes.actions[0].shape[1], tuple(hidden),
+                          action_low, action_high)
+
+
+def train(policy: GaussianPolicy, episodes: Episodes, chosen, config: ObjectiveConfig, schedule: Schedule, *,
+          reference: GaussianPolicy | None = None, quality=None, seed: int = 0, log_every: int = 0,
+          progress=None) -> list[dict]:
+    """Train `policy` in place on the episodes at `chosen` (indices, duplicates kept) with `config.method`;
+    `reference` is p_ref (iw-SFT), `quality` [E] each episode's quality (SFT(Q)). Returns the log."""
+    chosen = np.asarray(chosen, dtype=np.int64)
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=schedule.learning_rate)
+    proposal = copy.deepcopy(policy).requires_grad_(False) if config.importance_weighted else None
+    quality = None if quality is None else torch.as_tensor(np.asarray(quality), dtype=torch.float32)
+    sampler = PairSampler(episodes, chosen) if schedule.batching == "sampled" else None
+    episode_weights, log = None, []
+    for step in range(schedule.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = schedule.rate(step)
+        if proposal is not None:
+            ema_update(proposal, policy, config.ema_decay)
+        if sampler is None:
+            batch = chosen[_draw(len(chosen), schedule.batch_episodes, generator)]
+            obs, act, mask = episodes.padded(batch)
+            log_pi = policy.log_prob(obs, act)
+            with torch.no_grad():
+                extra = {"proposal_log_pi": proposal.log_prob(obs, act), "reference_log_pi": reference.log_prob(
+                    obs, act)} if proposal is not None else {}
+            loss, stats = objective(config, log_pi, mask, quality=None if quality is None else quality[batch],
+                                    **extra)
+        else:
+            if proposal is not None and config.iw_level == "sequence" and step % schedule.refresh_every == 0:
+                episode_weights = sampler.episode_weights(config, proposal, reference)
+            loss, stats = sampler.loss(policy, config, schedule.batch_pairs, generator, proposal=proposal,
+                                       reference=reference, quality=quality, episode_weights=episode_weights)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if log_every and (step % log_every == 0 or step == schedule.steps - 1):
+            entry = {"step": step + 1, "loss": float(loss), "learning_rate": schedule.rate(step)}
+            entry.update({f"{k}_mean": float(v.float().mean()) for k, v in stats.items() if v.numel()})
+            log.append(entry)
+        if progress is not None:
+            progress.update(1)
+    return log
+
+
+def _draw(n: int, k: int, generator: torch.Generator) -> np.ndarray:
+    """k indices of range(n) without replacement (all of them, shuffled, when k >= n)."""
+    return torch.randperm(n, generator=generator)[:k].numpy()
+
+
+class PairSampler:
+    """(episode, step) pairs of the curated list, for sampled batching (see the module doc)."""
+
+    def __init__(self, episodes: Episodes, chosen: np.ndarray):
+        self.episodes, self.chosen = episodes, chosen
+        self.lengths = torch.as_tensor(episodes.lengths[chosen])
+        self.observations = [torch.from_numpy(o) for o in episodes.observations]
+        self.actions = [torch.from_numpy(a) for a in episodes.actions]
+
+    def draw(self, n: int, generator: torch.Generator, by_transition: bool = False
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions in the curated list and step indices: episodes uniformly (or in proportion to their
+        length: transitions uniformly), then a step uniformly within the episode."""
+        if by_transition:
+            rows = torch.multinomial(self.lengths.double(), n, replacement=True, generator=generator)
+        else:
+            rows = torch.randint(len(self.chosen), (n,), generator=generator)
+        steps = (torch.rand(n, generator=generator, dtype=torch.float64) * self.lengths[rows]).long()
+        return rows, steps
+
+    def gather(self, rows: torch.Tensor, steps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        episodes = self.chosen[rows.numpy()]
+        obs = torch.stack([self.observations[e][t] for e, t in zip(episodes, steps.tolist())])
+        act = torch.stack([self.actions[e][t] for e, t in zip(episodes, steps.tolist())])
+        return obs, act
+
+    @torch.no_grad()
+    def episode_weights(self, config: ObjectiveConfig, proposal: GaussianPolicy, reference: GaussianPolicy
+                        ) -> torch.Tensor:
+        """iw-SFT's episode weights over the whole curated list, self-normalised over it (objectives.py)."""
+
+        obs, act, mask = self.episodes.padded(self.chosen)
+        log_ratio = (proposal.log_prob(obs, act) - reference.log_prob(obs, act)) * mask
+        weights, _ = sequence_importance_weights(log_ratio, mask, kappa=config.iw_temperature, w_max=config.iw_w_max,
+                                                 self_normalise=True)
+        return weights
+
+    def loss(self, policy: GaussianPolicy, config: ObjectiveConfig, n: int, generator: torch.Generator, *,
+             proposal=None, reference=None, quality=None, episode_weights=None):
+        rows, steps = self.draw(n, generator, by_transition=config.method == "bc_transitions")
+        obs, act = self.gather(rows, steps)
+        return sampled_loss(config, policy.log_prob(obs, act), rows, self.chosen, proposal=proposal,
+                            reference=reference, observations=obs, actions=act, quality=quality,
+                            episode_weights=episode_weights)
+
+
+def sampled_loss(config: ObjectiveConfig, log_pi: torch.Tensor, rows: torch.Tensor, chosen: np.ndarray, *,
+                 proposal=None, reference=None, observations=None, actions=None, quality=None,
+                 episode_weights=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """mean_i [-w_i log pi_i] over sampled pairs i: w_i = the episode's weight (iw-SFT sequence, from the whole
+    curated list), times its quality (SFT(Q)), times the step's own weight (iw-SFT step)."""
+
+    weights, stats = torch.ones_like(log_pi), {}
+    if config.method in ("sftq", "iwsftq"):
+        weights = weights * quality[torch.as_tensor(chosen)[rows]].to(log_pi.dtype)
+    if config.importance_weighted:
+        if config.iw_level == "sequence":
+            weights = weights * episode_weights[rows].to(log_pi.dtype)
+            stats["episode_weight"] = episode_weights[rows]
+        elif config.iw_level == "step":
+            with torch.no_grad():
+                ratio = proposal.log_prob(observations, actions) - reference.log_prob(observations, actions)
+            steps, _ = token_importance_weights(ratio, low=0.0, high=config.iw_step_clip, kappa=config.iw_temperature)
+            weights = weights * steps
+            stats["step_weight"] = steps
+        else:
+            raise ValueError("iw_level step_padded counts padding: it exists only with episode batching")
+    return (weights.detach() * -log_pi).mean(), {k: v.detach() for k, v in stats.items()}
