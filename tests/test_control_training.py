@@ -137,3 +137,17 @@ def test_step_padded_exists_only_with_episode_batching():
     with pytest.raises(ValueError, match="only with episode batching"):
         train(tiny_policy(), episodes, [0, 1], ObjectiveConfig(method="iwsft", iw_level="step_padded"),
               Schedule(steps=1, learning_rate=1e-3, batching="sampled", batch_pairs=4), reference=tiny_policy(1))
+
+
+def test_cached_reference_log_probs_are_the_references_own():
+    """p_ref is frozen, so sampled batching computes it once per episode; the cached values are log p_ref."""
+    episodes = tiny_episodes()
+    chosen = np.array([0, 2, 2, 4])
+    sampler, reference = PairSampler(episodes, chosen), tiny_policy(2)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(2):  # the second draw reads the cache
+        rows, steps = sampler.draw(32, generator)
+        obs, act = sampler.gather(rows, steps)
+        with torch.no_grad():
+            torch.testing.assert_close(sampler.reference_steps(reference, rows, steps), reference.log_prob(obs, act))
+    assert set(sampler._reference_steps) <= {0, 2, 4}
