@@ -12,7 +12,7 @@ import torch
 from opsft.control.data import episodes_from_transitions
 from opsft.control.objectives import ObjectiveConfig, objective
 from opsft.control.policy import GaussianPolicy
-from opsft.control.training import PairSampler, Schedule, sampled_loss, train
+from opsft.control.training import FrozenLogProbs, PairSampler, Schedule, sampled_loss, train
 
 
 def tiny_episodes(lengths=(3, 1, 4, 2, 5), seed=0):
@@ -99,15 +99,17 @@ def test_sampled_batching_is_the_episode_objective_in_expectation(method, level)
     with torch.no_grad():
         extra = {"proposal_log_pi": proposal.log_prob(obs, act), "reference_log_pi": reference.log_prob(obs, act)}
     episode_loss, _ = objective(config, policy.log_prob(obs, act), mask, quality=quality[chosen], **extra)
-    sampler = PairSampler(episodes, chosen)
-    weights = sampler.episode_weights(config, proposal, reference) if config.importance_weighted else None
+    sampler = PairSampler(episodes, chosen, FrozenLogProbs(reference, episodes))
+    weights = sampler.episode_weights(config, proposal) if config.importance_weighted else None
     expected = 0
     lengths = list(episodes.lengths[chosen])
     for (row, step), p in pair_probabilities(lengths, method == "bc_transitions").items():
         rows, steps = torch.tensor([row]), torch.tensor([step])
         o, a = sampler.gather(rows, steps)
-        loss, _ = sampled_loss(config, policy.log_prob(o, a), rows, chosen, proposal=proposal, reference=reference,
-                               observations=o, actions=a, quality=quality, episode_weights=weights)
+        with torch.no_grad():
+            reference_log_pi = reference.log_prob(o, a)
+        loss, _ = sampled_loss(config, policy.log_prob(o, a), rows, chosen, proposal=proposal, observations=o,
+                               actions=a, quality=quality, episode_weights=weights, reference_log_pi=reference_log_pi)
         expected = expected + p * loss
     assert float(expected.detach()) == pytest.approx(float(episode_loss.detach()), rel=1e-10)
     grads = torch.autograd.grad(episode_loss, list(policy.parameters()), retain_graph=True)
@@ -140,14 +142,22 @@ def test_step_padded_exists_only_with_episode_batching():
 
 
 def test_cached_reference_log_probs_are_the_references_own():
-    """p_ref is frozen, so sampled batching computes it once per episode; the cached values are log p_ref."""
+    """p_ref is frozen, so training computes it once per episode; the cached values are log p_ref, padded, at
+    sampled pairs and summed over episodes."""
     episodes = tiny_episodes()
     chosen = np.array([0, 2, 2, 4])
-    sampler, reference = PairSampler(episodes, chosen), tiny_policy(2)
+    reference = tiny_policy(2)
+    frozen = FrozenLogProbs(reference, episodes)
+    sampler = PairSampler(episodes, chosen, frozen)
     generator = torch.Generator().manual_seed(0)
     for _ in range(2):  # the second draw reads the cache
         rows, steps = sampler.draw(32, generator)
         obs, act = sampler.gather(rows, steps)
         with torch.no_grad():
-            torch.testing.assert_close(sampler.reference_steps(reference, rows, steps), reference.log_prob(obs, act))
-    assert set(sampler._reference_steps) <= {0, 2, 4}
+            torch.testing.assert_close(frozen.at(chosen[rows.numpy()], steps.tolist()), reference.log_prob(obs, act))
+    assert set(frozen.by_episode) <= {0, 2, 4}
+    obs, act, mask = episodes.padded(chosen)
+    with torch.no_grad():
+        expected = reference.log_prob(obs, act) * mask
+    torch.testing.assert_close(frozen.padded(chosen, mask.shape[1]), expected)
+    torch.testing.assert_close(frozen.sums(chosen), expected.sum(-1).double(), rtol=1e-6, atol=1e-5)

@@ -24,6 +24,7 @@ replaces the profile's value.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -367,8 +368,10 @@ class Lab:
                        (None, None))
         return summary
 
+    @functools.cached_property
     def training_sets(self) -> dict:
-        """method data kind -> (data path, fields, tokens per example, examples) for the budget."""
+        """method data kind -> (data path, fields, tokens per example) for the budget; built once (stages 4 and 5
+        both train)."""
         d, sets = self.data, {}
         kinds = {method_spec(m)[1] for m in self.settings["methods"]}
         if "raw" in kinds:
@@ -423,7 +426,7 @@ class Lab:
         """Each method with several learning rates: trained at each on the first seed, scored on the validation
         split (training problems never trained on; the test sets are not read), the best kept (ties: the
         smaller rate, the smaller step)."""
-        s, sets, seed = self.settings, self.training_sets(), self.settings["seeds"][0]
+        s, sets, seed = self.settings, self.training_sets, self.settings["seeds"][0]
         chosen = {}
         for method in s["methods"]:
             grid = self.learning_rates(method)
@@ -440,7 +443,7 @@ class Lab:
 
     def train_all(self) -> dict:
         """Every method, every seed, at its chosen learning rate (the first seed's run is the selection's own)."""
-        s, sets, runs = self.settings, self.training_sets(), {}
+        s, sets, runs = self.settings, self.training_sets, {}
         for method in s["methods"]:
             selection = self.selected["methods"].get(method)
             rate = selection["learning_rate"] if selection else self.learning_rates(method)[0]

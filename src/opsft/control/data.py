@@ -128,21 +128,25 @@ def episodes_from_transitions(arrays: dict[str, np.ndarray], source: str, env_id
     result = Episodes([], [], [], source, env_id, scores, {})
     start = 0
     for end in ends:
-        o, a, r = observations[start:end + 1], actions[start:end + 1], rewards[start:end + 1]
+        _add_episode(result, observations[start:end + 1], actions[start:end + 1], rewards[start:end + 1])
         start = end + 1
-        if not (np.isfinite(o).all() and np.isfinite(a).all() and np.isfinite(r).all()):
-            result.skipped["episodes_with_non_finite_values"] = result.skipped.get(
-                "episodes_with_non_finite_values", 0) + 1
-            continue
-        result.observations.append(o.astype(np.float32))
-        result.actions.append(a.astype(np.float32))
-        result.rewards.append(r.astype(np.float32))
     if start < n:
         result.skipped["unfinished_trailing_transitions"] = n - start
     if not result.observations:
         raise OpsftError(f"{source}: no complete episode (an episode ends where 'terminals' or 'timeouts' is set; "
                          f"left out: {result.skipped or 'nothing'})")
     return result
+
+
+def _add_episode(result: Episodes, observations, actions, rewards) -> None:
+    """Append one episode (as float32), or count it as left out when it holds a non-finite value."""
+    if not (np.isfinite(observations).all() and np.isfinite(actions).all() and np.isfinite(rewards).all()):
+        reason = "episodes_with_non_finite_values"
+        result.skipped[reason] = result.skipped.get(reason, 0) + 1
+        return
+    result.observations.append(observations.astype(np.float32))
+    result.actions.append(actions.astype(np.float32))
+    result.rewards.append(rewards.astype(np.float32))
 
 
 def _read_hdf5(path: Path) -> dict[str, np.ndarray]:
@@ -198,15 +202,8 @@ def _minari_episodes(dataset_id: str, env_id: str | None) -> Episodes:
         if len(r) == 0:
             result.skipped["empty_episodes"] = result.skipped.get("empty_episodes", 0) + 1
             continue
-        if a.ndim == 1:
-            a = a[:, None]
-        if not (np.isfinite(o).all() and np.isfinite(a).all() and np.isfinite(r).all()):
-            result.skipped["episodes_with_non_finite_values"] = result.skipped.get(
-                "episodes_with_non_finite_values", 0) + 1
-            continue
-        result.observations.append(np.asarray(o, np.float32).reshape(len(a), -1))
-        result.actions.append(np.asarray(a, np.float32))
-        result.rewards.append(np.asarray(r, np.float32))
+        a = np.asarray(a)
+        _add_episode(result, np.asarray(o).reshape(len(a), -1), a[:, None] if a.ndim == 1 else a, np.asarray(r))
     if not result.observations:
         raise OpsftError(f"{source}: no episode")
     return result

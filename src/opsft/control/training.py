@@ -72,20 +72,9 @@ def train(policy: GaussianPolicy, episodes: Episodes, chosen, config: ObjectiveC
     optimizer = torch.optim.Adam(policy.parameters(), lr=schedule.learning_rate)
     proposal = copy.deepcopy(policy).requires_grad_(False) if config.importance_weighted else None
     quality = None if quality is None else torch.as_tensor(np.asarray(quality), dtype=torch.float32)
-    sampler = PairSampler(episodes, chosen) if schedule.batching == "sampled" else None
-    episode_weights, log, cached = None, [], {}
-
-    @torch.no_grad()
-    def reference_log_probs(batch, longest: int) -> torch.Tensor:
-        """log p_ref of the batch's episodes, padded: p_ref is frozen, so each episode is computed once."""
-        padded = torch.zeros(len(batch), longest, dtype=next(reference.parameters()).dtype)
-        for row, e in enumerate(batch):
-            if e not in cached:
-                cached[e] = reference.log_prob(torch.from_numpy(episodes.observations[e]),
-                                               torch.from_numpy(episodes.actions[e]))
-            padded[row, :len(cached[e])] = cached[e]
-        return padded
-
+    frozen = FrozenLogProbs(reference, episodes) if proposal is not None else None
+    sampler = PairSampler(episodes, chosen, frozen) if schedule.batching == "sampled" else None
+    episode_weights, log = None, []
     for step in range(schedule.steps):
         for group in optimizer.param_groups:
             group["lr"] = schedule.rate(step)
@@ -96,15 +85,15 @@ def train(policy: GaussianPolicy, episodes: Episodes, chosen, config: ObjectiveC
             obs, act, mask = episodes.padded(batch)
             log_pi = policy.log_prob(obs, act)
             with torch.no_grad():
-                extra = {"proposal_log_pi": proposal.log_prob(obs, act), "reference_log_pi": reference_log_probs(
+                extra = {"proposal_log_pi": proposal.log_prob(obs, act), "reference_log_pi": frozen.padded(
                     batch, mask.shape[1])} if proposal is not None else {}
             loss, stats = objective(config, log_pi, mask, quality=None if quality is None else quality[batch],
                                     **extra)
         else:
             if proposal is not None and config.iw_level == "sequence" and step % schedule.refresh_every == 0:
-                episode_weights = sampler.episode_weights(config, proposal, reference)
+                episode_weights = sampler.episode_weights(config, proposal)
             loss, stats = sampler.loss(policy, config, schedule.batch_pairs, generator, proposal=proposal,
-                                       reference=reference, quality=quality, episode_weights=episode_weights)
+                                       quality=quality, episode_weights=episode_weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -122,13 +111,44 @@ def _draw(n: int, k: int, generator: torch.Generator) -> np.ndarray:
     return torch.randperm(n, generator=generator)[:k].numpy()
 
 
-class PairSampler:
-    """(episode, step) pairs of the curated list, for sampled batching (see the module doc)."""
+class FrozenLogProbs:
+    """log pi(a_t | s_t) of a frozen policy (p_ref) on each episode's steps, computed once per episode."""
 
-    def __init__(self, episodes: Episodes, chosen: np.ndarray):
-        self.episodes, self.chosen = episodes, chosen
+    def __init__(self, policy: GaussianPolicy, episodes: Episodes):
+        self.policy, self.episodes = policy, episodes
+        self.by_episode: dict[int, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def of(self, episode: int) -> torch.Tensor:
+        if episode not in self.by_episode:
+            self.by_episode[episode] = self.policy.log_prob(torch.from_numpy(self.episodes.observations[episode]),
+                                                            torch.from_numpy(self.episodes.actions[episode]))
+        return self.by_episode[episode]
+
+    def padded(self, episodes, longest: int) -> torch.Tensor:
+        """[len(episodes), longest], 0 on padding."""
+        padded = torch.zeros(len(episodes), longest, dtype=next(self.policy.parameters()).dtype)
+        for row, e in enumerate(episodes):
+            values = self.of(int(e))
+            padded[row, :len(values)] = values
+        return padded
+
+    def at(self, episodes, steps) -> torch.Tensor:
+        """At the (episode, step) pairs [N]."""
+        return torch.stack([self.of(int(e))[t] for e, t in zip(episodes, steps)])
+
+    def sums(self, episodes) -> torch.Tensor:
+        """sum_t over each episode [N] (float64)."""
+        return torch.stack([self.of(int(e)).sum(dtype=torch.float64) for e in episodes])
+
+
+class PairSampler:
+    """(episode, step) pairs of the curated list, for sampled batching (see the module doc); `reference`: p_ref's
+    log-probs, for iw-SFT."""
+
+    def __init__(self, episodes: Episodes, chosen: np.ndarray, reference: FrozenLogProbs | None = None):
+        self.episodes, self.chosen, self.reference = episodes, chosen, reference
         self.lengths = torch.as_tensor(episodes.lengths[chosen])
-        self._reference_sums, self._reference_steps = None, {}
         self.observations = [torch.from_numpy(o) for o in episodes.observations]
         self.actions = [torch.from_numpy(a) for a in episodes.actions]
 
@@ -150,13 +170,10 @@ class PairSampler:
         return obs, act
 
     @torch.no_grad()
-    def episode_weights(self, config: ObjectiveConfig, proposal: GaussianPolicy, reference: GaussianPolicy
-                        ) -> torch.Tensor:
+    def episode_weights(self, config: ObjectiveConfig, proposal: GaussianPolicy) -> torch.Tensor:
         """iw-SFT's episode weights over the whole curated list, self-normalised over it (objectives.py). The
-        reference is frozen, so its sums are computed once; the proposal's at every refresh."""
-        if self._reference_sums is None:
-            self._reference_sums = self.log_prob_sums(reference)
-        mean_ratio = (self.log_prob_sums(proposal) - self._reference_sums) / self.lengths
+        reference is frozen, so its log-probs are computed once; the proposal's at every refresh."""
+        mean_ratio = (self.log_prob_sums(proposal) - self.reference.sums(self.chosen)) / self.lengths
         weights, _ = sequence_importance_weights(mean_ratio[:, None], torch.ones_like(mean_ratio[:, None]),
                                                  kappa=config.iw_temperature, w_max=config.iw_w_max,
                                                  self_normalise=True)
@@ -173,30 +190,22 @@ class PairSampler:
         return torch.cat(sums).double()[torch.as_tensor(inverse)]
 
     def loss(self, policy: GaussianPolicy, config: ObjectiveConfig, n: int, generator: torch.Generator, *,
-             proposal=None, reference=None, quality=None, episode_weights=None):
+             proposal=None, quality=None, episode_weights=None):
         rows, steps = self.draw(n, generator, by_transition=config.method == "bc_transitions")
         obs, act = self.gather(rows, steps)
-        reference_log_pi = self.reference_steps(reference, rows, steps) if config.iw_level == "step" and \
-            config.importance_weighted else None
+        reference_log_pi = self.reference.at(self.chosen[rows.numpy()], steps.tolist()) if \
+            config.importance_weighted and config.iw_level == "step" else None
         return sampled_loss(config, policy.log_prob(obs, act), rows, self.chosen, proposal=proposal,
-                            reference=reference, observations=obs, actions=act, quality=quality,
-                            episode_weights=episode_weights, reference_log_pi=reference_log_pi)
-
-    @torch.no_grad()
-    def reference_steps(self, reference: GaussianPolicy, rows: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
-        """log p_ref at the sampled pairs, each episode computed once (p_ref is frozen)."""
-        episodes = self.chosen[rows.numpy()]
-        for e in set(episodes.tolist()) - set(self._reference_steps):
-            self._reference_steps[e] = reference.log_prob(self.observations[e], self.actions[e])
-        return torch.stack([self._reference_steps[e][t] for e, t in zip(episodes.tolist(), steps.tolist())])
+                            observations=obs, actions=act, quality=quality, episode_weights=episode_weights,
+                            reference_log_pi=reference_log_pi)
 
 
 def sampled_loss(config: ObjectiveConfig, log_pi: torch.Tensor, rows: torch.Tensor, chosen: np.ndarray, *,
-                 proposal=None, reference=None, observations=None, actions=None, quality=None,
-                 episode_weights=None, reference_log_pi=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                 proposal=None, observations=None, actions=None, quality=None, episode_weights=None,
+                 reference_log_pi=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """mean_i [-w_i log pi_i] over sampled pairs i: w_i = the episode's weight (iw-SFT sequence, from the whole
-    curated list), times its quality (SFT(Q)), times the step's own weight (iw-SFT step; `reference_log_pi`, if
-    given, is log p_ref at the pairs, else computed here)."""
+    curated list), times its quality (SFT(Q)), times the step's own weight (iw-SFT step, from the proposal at the
+    pairs and `reference_log_pi`, log p_ref at them)."""
 
     weights, stats = torch.ones_like(log_pi), {}
     if config.method in ("sftq", "iwsftq"):
@@ -207,8 +216,6 @@ def sampled_loss(config: ObjectiveConfig, log_pi: torch.Tensor, rows: torch.Tens
             stats["episode_weight"] = episode_weights[rows]
         elif config.iw_level == "step":
             with torch.no_grad():
-                if reference_log_pi is None:
-                    reference_log_pi = reference.log_prob(observations, actions)
                 ratio = proposal.log_prob(observations, actions) - reference_log_pi
             steps, _ = token_importance_weights(ratio, low=0.0, high=config.iw_step_clip, kappa=config.iw_temperature)
             weights = weights * steps
