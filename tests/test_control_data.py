@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from opsft.control.data import D4RL_REFERENCE_SCORES, load_episodes, reference_scores
+from opsft.control.data import D4RL_REFERENCE_SCORES, episodes_from_transitions, load_episodes, reference_scores
 from opsft.errors import OpsftError
 
 LENGTHS = [3, 2, 4]  # three episodes, then 2 transitions that never end
@@ -62,11 +62,11 @@ def test_hdf5_npz_and_minari_give_the_same_episodes(tmp_path, monkeypatch):
     from_npz = load_episodes(str(tmp_path / "data.npz"), env_id="Walker2d-v5")
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
     buffers = []
-    for o, a, r in zip(from_hdf5.observations, from_hdf5.actions, from_hdf5.rewards):
+    for o, a, r, ended in zip(from_hdf5.observations, from_hdf5.actions, from_hdf5.rewards, from_hdf5.terminated):
         final = np.zeros((1, o.shape[1]), np.float32)  # Minari keeps T + 1 observations
         buffers.append(EpisodeBuffer(observations=list(np.concatenate([o, final])), actions=list(a),
-                                     rewards=list(r), terminations=[False] * (len(r) - 1) + [True],
-                                     truncations=[False] * len(r)))
+                                     rewards=list(r), terminations=[False] * (len(r) - 1) + [ended],
+                                     truncations=[False] * (len(r) - 1) + [not ended]))
     minari.create_dataset_from_buffers("test/mixed-v0", buffers, env="InvertedPendulum-v5", algorithm_name="test",
                                        ref_min_score=-1.0, ref_max_score=5.0, description="opsft test")
     from_minari = load_episodes("minari:test/mixed-v0")
@@ -76,6 +76,12 @@ def test_hdf5_npz_and_minari_give_the_same_episodes(tmp_path, monkeypatch):
         for name in ("observations", "actions", "rewards"):
             for mine, theirs in zip(getattr(from_hdf5, name), getattr(other, name)):
                 np.testing.assert_array_equal(mine, theirs)
+    assert from_hdf5.terminated == from_npz.terminated == from_minari.terminated == [True, False, False]
+    again = episodes_from_transitions(from_hdf5.transitions(), "again")  # the stream back, without its tail
+    assert again.terminated == from_hdf5.terminated and not again.skipped
+    for name in ("observations", "actions", "rewards"):
+        for mine, theirs in zip(getattr(from_hdf5, name), getattr(again, name)):
+            np.testing.assert_array_equal(mine, theirs)
     assert from_npz.reference_scores == D4RL_REFERENCE_SCORES["walker2d"]
     assert from_minari.reference_scores == (-1.0, 5.0)  # from the dataset's metadata
     with pytest.raises(OpsftError, match="not in the local Minari store.*does not download"):

@@ -12,7 +12,7 @@ import torch
 from opsft.control.data import episodes_from_transitions
 from opsft.control.objectives import ObjectiveConfig, objective
 from opsft.control.policy import GaussianPolicy
-from opsft.control.training import FrozenLogProbs, PairSampler, Schedule, sampled_loss, train
+from opsft.control.training import Checkpoint, FrozenLogProbs, PairSampler, Schedule, sampled_loss, train
 
 
 def tiny_episodes(lengths=(3, 1, 4, 2, 5), seed=0):
@@ -161,3 +161,42 @@ def test_cached_reference_log_probs_are_the_references_own():
         expected = reference.log_prob(obs, act) * mask
     torch.testing.assert_close(frozen.padded(chosen, mask.shape[1]), expected)
     torch.testing.assert_close(frozen.sums(chosen), expected.sum(-1).double(), rtol=1e-6, atol=1e-5)
+
+
+class _Killed(Exception):
+    pass
+
+
+class _KillAt:
+    """A progress bar that stops training after `steps` updates, as a kill would."""
+
+    def __init__(self, steps):
+        self.left = steps
+
+    def update(self, n):
+        self.left -= n
+        if self.left <= 0:
+            raise _Killed
+
+
+@pytest.mark.parametrize("batching,level", [("episode", "sequence"), ("sampled", "sequence"), ("sampled", "step")])
+def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path, batching, level):
+    """Killed after 7 of 12 steps (checkpoint every 5), rerun: the same parameters as one run without a stop,
+    for iw-SFT (its proposal, its sampled episode weights, the optimiser and the random draws are all saved)."""
+    episodes, chosen = tiny_episodes(), np.array([0, 2, 2, 4])
+    config = ObjectiveConfig(method="iwsft", iw_level=level)
+    schedule = Schedule(steps=12, learning_rate=1e-2, warmup_steps=3, cosine=True, batching=batching,
+                        batch_episodes=2, batch_pairs=8, refresh_every=4)
+    reference = tiny_policy(1)
+    whole = tiny_policy(0)
+    whole_log = train(whole, episodes, chosen, config, schedule, reference=reference, seed=3, log_every=1)
+    checkpoint = Checkpoint(tmp_path / "state.pt", every=5)
+    with pytest.raises(_Killed):
+        train(tiny_policy(0), episodes, chosen, config, schedule, reference=reference, seed=3, log_every=1,
+              checkpoint=checkpoint, progress=_KillAt(7))
+    resumed = tiny_policy(0)
+    log = train(resumed, episodes, chosen, config, schedule, reference=reference, seed=3, log_every=1,
+                checkpoint=checkpoint)
+    for a, b in zip(whole.parameters(), resumed.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert [entry["step"] for entry in log] == list(range(1, 13)) and log == whole_log

@@ -45,6 +45,32 @@ COMMANDS = {
 }
 
 
+CONTROL_COMMANDS = {  # opsft control COMMAND: continuous-control policies (opsft.control)
+    "generate": ("GenerateConfig", "run_generate",
+                 "make a dataset here (scripted InvertedPendulum, or a SAC run's replay buffer / rollouts), cached "
+                 "in $OPSFT_CACHE/control with a manifest"),
+    "train": ("TrainConfig", "run_train",
+              "BC, filtered BC, iw-SFT, SFT(Q), iw-SFT(Q) on offline episodes (stage A: the reference; stage C: "
+              "the method on curated episodes); resumable"),
+    "eval": ("EvalConfig", "run_eval", "returns (and D4RL normalised scores) of a policy in its environment"),
+    "score": ("ScoreConfig", "run_score",
+              "DDT for policies: phi = log pi(a|s) + H(pi(.|s)) of demonstrations, all and curated"),
+    "baseline": ("BaselineConfig", "run_baseline",
+                 "offline-RL baselines from d3rlpy (BC, TD3+BC, IQL, CQL) on the same data and evaluation"),
+    "lab": ("ControlLabConfig", "run_control_lab",
+            "every method x seeds + the d3rlpy baselines on the embedded default: table, plots, HTML"),
+}
+
+
+def _control(name: str):
+    """(config class, run function) of `opsft control NAME`."""
+    import importlib
+
+    module = importlib.import_module("opsft.control.lab" if name == "lab" else "opsft.control.commands")
+    config_name, run_name, _ = CONTROL_COMMANDS[name]
+    return getattr(module, config_name), getattr(module, run_name)
+
+
 class _UsageError(Exception):
     pass
 
@@ -65,16 +91,23 @@ def main(argv: list[str] | None = None) -> int:
                         help="on an unexpected error, print Python's traceback instead of saving it to a file")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     for name, (config_cls, _, help_text) in COMMANDS.items():
-        help_text = help_text.replace("%", "%%")  # argparse formats help with %
-        command = sub.add_parser(name, help=help_text, description=help_text)
-        command.add_argument("--config", help="YAML file of options (flags given here override it)")
-        _add_dataclass_arguments(command, config_cls)
+        _add_command(sub, name, config_cls, help_text)
+    control_help = "continuous-control policies: iw-SFT, filtered BC and SFT(Q) from offline episodes (docs/control.md)"
+    control = sub.add_parser("control", help=control_help, description=control_help)
+    control_sub = control.add_subparsers(dest="control_command", required=True, metavar="COMMAND",
+                                         parser_class=_Parser)
+    for name, (_, _, help_text) in CONTROL_COMMANDS.items():
+        _add_command(control_sub, name, _control(name)[0], help_text)
     try:
         args = parser.parse_args(argv)
     except _UsageError as error:
         print(f"opsft: error: {error}", file=sys.stderr)
         return 2
-    config_cls, run, _ = COMMANDS[args.command]
+    if args.command == "control":
+        config_cls, run = _control(args.control_command)
+        args.command = f"control {args.control_command}"
+    else:
+        config_cls, run, _ = COMMANDS[args.command]
     try:
         config = _build_config(config_cls, vars(args))
         with output_lock(_output_dir(config), f"opsft {args.command}"):
@@ -95,6 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _add_command(sub, name: str, config_cls, help_text: str) -> None:
+    help_text = help_text.replace("%", "%%")  # argparse formats help with %
+    command = sub.add_parser(name, help=help_text, description=help_text)
+    command.add_argument("--config", help="YAML file of options (flags given here override it)")
+    _add_dataclass_arguments(command, config_cls)
+
+
 def _output_dir(config) -> str:
     (name,) = [f.name for f in dataclasses.fields(config) if f.metadata.get("output_dir")]
     return getattr(config, name)
@@ -106,7 +146,7 @@ def _one_line(error: Exception) -> str:
 
 
 def _save_traceback(command: str) -> str:
-    with tempfile.NamedTemporaryFile("w", prefix=f"opsft-{command}-", suffix=".txt", delete=False) as f:
+    with tempfile.NamedTemporaryFile("w", prefix=f"opsft-{command.replace(' ', '-')}-", suffix=".txt", delete=False) as f:
         f.write(f"opsft {_version()}: {' '.join(sys.argv)}\n\n{traceback.format_exc()}")
     return f.name
 

@@ -251,7 +251,7 @@ def write_report(out: Path, settings: dict, runs: dict, selected: dict | None = 
                              report / "learning_vs_forgetting.png")
     _plot_phi(out, report / "phi_hist.png")
     _plot_curves(out, runs, report / "training_curves.png")
-    _write_html(report, table, settings)
+    write_html(report, table, settings)
     return {"rows": len(rows)}
 
 
@@ -293,7 +293,7 @@ def write_regimes_report(out: Path, labs: list[tuple[str, Path, dict, dict]]) ->
     plot_learning_forgetting(studies, report / "learning_vs_forgetting.png")
     links = "".join(f'<li><a href="../{html.escape(s["regime"])}/report/index.html">{html.escape(s["regime"])}</a>: '
                     f"trained on {html.escape(s['train_data'])}</li>" for s in studies)
-    _write_html(report, table, labs[0][2], title="opsft lab: the regimes compared",
+    write_html(report, table, labs[0][2], title="opsft lab: the regimes compared",
                 images=(("Learning against forgetting", "learning_vs_forgetting.png"),), extra=f"<ul>{links}</ul>")
     return {"regimes": [s["regime"] for s in studies]}
 
@@ -396,7 +396,7 @@ def _plot_curves(out, runs, path):
     plt.close(fig)
 
 
-def _write_html(report: Path, table: str, settings: dict, *, title: str | None = None, images=None,
+def write_html(report: Path, table: str, settings: dict, *, title: str | None = None, images=None,
                 extra: str = "") -> None:
     title = title or f"opsft lab ({settings['profile']}, {settings.get('regime', '')} regime)"
     images = images or (("Accuracy", "accuracy.png"), ("Learning against forgetting", "learning_vs_forgetting.png"),

@@ -40,6 +40,7 @@ class Episodes:
     env_id: str | None = None
     reference_scores: tuple[float, float] | None = None  # (random, expert) returns
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> episodes (or transitions) left out
+    terminated: list[bool] = field(default_factory=list)  # per episode: ended in a terminal state (not a time limit)
 
     def __len__(self) -> int:
         return len(self.observations)
@@ -66,7 +67,17 @@ class Episodes:
         indices = [int(i) for i in indices]
         return Episodes([self.observations[i] for i in indices], [self.actions[i] for i in indices],
                         [self.rewards[i] for i in indices], self.source, self.env_id, self.reference_scores,
-                        dict(self.skipped))
+                        dict(self.skipped), [self.terminated[i] for i in indices])
+
+    def transitions(self) -> dict[str, np.ndarray]:
+        """The episodes as one D4RL-layout stream (terminals where an episode ended in a terminal state, timeouts
+        where it was cut by a time limit)."""
+        ends = np.cumsum(self.lengths) - 1
+        terminals, timeouts = np.zeros(ends[-1] + 1, bool), np.zeros(ends[-1] + 1, bool)
+        terminals[ends[np.array(self.terminated, bool)]] = True
+        timeouts[ends[~np.array(self.terminated, bool)]] = True
+        return {"observations": np.concatenate(self.observations), "actions": np.concatenate(self.actions),
+                "rewards": np.concatenate(self.rewards), "terminals": terminals, "timeouts": timeouts}
 
     def padded(self, indices=None, device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Episodes (all, or at `indices`) as padded tensors: observations [E, T, d], actions [E, T, a] and the
@@ -126,19 +137,20 @@ def episodes_from_transitions(arrays: dict[str, np.ndarray], source: str, env_id
             raise OpsftError(f"{source}: field '{name}' has shape {arrays[name].shape}, expected {ndim} dimension(s)")
     ends = np.flatnonzero(arrays["terminals"].astype(bool) | arrays["timeouts"].astype(bool))
     result = Episodes([], [], [], source, env_id, scores, {})
-    start = 0
+    start, terminals = 0, arrays["terminals"].astype(bool)
     for end in ends:
-        _add_episode(result, observations[start:end + 1], actions[start:end + 1], rewards[start:end + 1])
+        _add_episode(result, observations[start:end + 1], actions[start:end + 1], rewards[start:end + 1],
+                     bool(terminals[end]))
         start = end + 1
     if start < n:
-        result.skipped["unfinished_trailing_transitions"] = n - start
+        result.skipped["unfinished_trailing_transitions"] = int(n - start)
     if not result.observations:
         raise OpsftError(f"{source}: no complete episode (an episode ends where 'terminals' or 'timeouts' is set; "
                          f"left out: {result.skipped or 'nothing'})")
     return result
 
 
-def _add_episode(result: Episodes, observations, actions, rewards) -> None:
+def _add_episode(result: Episodes, observations, actions, rewards, terminated: bool) -> None:
     """Append one episode (as float32), or count it as left out when it holds a non-finite value."""
     if not (np.isfinite(observations).all() and np.isfinite(actions).all() and np.isfinite(rewards).all()):
         reason = "episodes_with_non_finite_values"
@@ -147,6 +159,7 @@ def _add_episode(result: Episodes, observations, actions, rewards) -> None:
     result.observations.append(observations.astype(np.float32))
     result.actions.append(actions.astype(np.float32))
     result.rewards.append(rewards.astype(np.float32))
+    result.terminated.append(terminated)
 
 
 def _read_hdf5(path: Path) -> dict[str, np.ndarray]:
@@ -203,7 +216,8 @@ def _minari_episodes(dataset_id: str, env_id: str | None) -> Episodes:
             result.skipped["empty_episodes"] = result.skipped.get("empty_episodes", 0) + 1
             continue
         a = np.asarray(a)
-        _add_episode(result, np.asarray(o).reshape(len(a), -1), a[:, None] if a.ndim == 1 else a, np.asarray(r))
+        _add_episode(result, np.asarray(o).reshape(len(a), -1), a[:, None] if a.ndim == 1 else a, np.asarray(r),
+                     bool(np.asarray(episode.terminations)[-1]))
     if not result.observations:
         raise OpsftError(f"{source}: no episode")
     return result

@@ -28,6 +28,8 @@ class GaussianPolicy(nn.Module):
     def __init__(self, observation_dim: int, action_dim: int, hidden: tuple[int, ...] = (256, 256, 256),
                  action_low: float | list[float] = -1.0, action_high: float | list[float] = 1.0):
         super().__init__()
+        self.shape = {"observation_dim": observation_dim, "action_dim": action_dim, "hidden": tuple(hidden),
+                      "action_low": action_low, "action_high": action_high}
         layers, width = [], observation_dim
         for size in hidden:
             layers += [nn.Linear(width, size), nn.ReLU()]
@@ -79,3 +81,29 @@ def gaussian_log_prob(actions: torch.Tensor, mean: torch.Tensor, log_std: torch.
 def gaussian_entropy(log_std: torch.Tensor) -> torch.Tensor:
     """sum_i (log sigma_i + (1 + log 2 pi) / 2) over the last dimension."""
     return (log_std + 0.5 * (1 + math.log(2 * math.pi))).sum(-1)
+
+
+def save_policy(policy: GaussianPolicy, path, **meta) -> None:
+    """The policy's weights and shape (and `meta`, e.g. the env id) in one torch file, written whole."""
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save({"state_dict": policy.state_dict(), "shape": policy.shape, "meta": meta}, tmp)
+    os.replace(tmp, path)
+
+
+def load_policy(path) -> tuple[GaussianPolicy, dict]:
+    """A policy saved by save_policy, and its meta."""
+    import pickle
+
+    from ..errors import OpsftError
+
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        policy = GaussianPolicy(**saved["shape"])
+        policy.load_state_dict(saved["state_dict"])
+    except (OSError, RuntimeError, KeyError, TypeError, EOFError, pickle.UnpicklingError) as e:
+        raise OpsftError(f"{path}: not a policy saved by opsft control ({' '.join(str(e).split())[:200]})") from None
+    return policy, saved["meta"]

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -62,9 +64,29 @@ def new_policy(episodes: Episodes, hidden=(256, 256, 256), action_low=-1.0, acti
                           action_low, action_high)
 
 
+@dataclass
+class Checkpoint:
+    """Where and how often train() saves its whole state: policy, proposal, optimiser, random generator, step, log
+    and the sampled episode weights. A train() given a checkpoint that exists continues from it, and ends where an
+    uninterrupted run ends."""
+    path: Path
+    every: int = 500
+
+    def due(self, step: int, steps: int) -> bool:
+        return (step + 1) % self.every == 0 or step + 1 == steps
+
+    def save(self, state: dict) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.path)
+
+    def load(self) -> dict | None:
+        return torch.load(self.path, weights_only=False) if self.path.exists() else None
+
+
 def train(policy: GaussianPolicy, episodes: Episodes, chosen, config: ObjectiveConfig, schedule: Schedule, *,
           reference: GaussianPolicy | None = None, quality=None, seed: int = 0, log_every: int = 0,
-          progress=None) -> list[dict]:
+          progress=None, checkpoint: Checkpoint | None = None) -> list[dict]:
     """Train `policy` in place on the episodes at `chosen` (indices, duplicates kept) with `config.method`;
     `reference` is p_ref (iw-SFT), `quality` [E] each episode's quality (SFT(Q)). Returns the log."""
     chosen = np.asarray(chosen, dtype=np.int64)
@@ -74,8 +96,18 @@ def train(policy: GaussianPolicy, episodes: Episodes, chosen, config: ObjectiveC
     quality = None if quality is None else torch.as_tensor(np.asarray(quality), dtype=torch.float32)
     frozen = FrozenLogProbs(reference, episodes) if proposal is not None else None
     sampler = PairSampler(episodes, chosen, frozen) if schedule.batching == "sampled" else None
-    episode_weights, log = None, []
-    for step in range(schedule.steps):
+    episode_weights, log, start = None, [], 0
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None:
+        policy.load_state_dict(saved["policy"])
+        optimizer.load_state_dict(saved["optimizer"])
+        generator.set_state(saved["generator"])
+        if proposal is not None:
+            proposal.load_state_dict(saved["proposal"])
+        episode_weights, log, start = saved["episode_weights"], saved["log"], saved["step"]
+        if progress is not None:
+            progress.update(start)
+    for step in range(start, schedule.steps):
         for group in optimizer.param_groups:
             group["lr"] = schedule.rate(step)
         if proposal is not None:
@@ -98,9 +130,13 @@ def train(policy: GaussianPolicy, episodes: Episodes, chosen, config: ObjectiveC
         loss.backward()
         optimizer.step()
         if log_every and (step % log_every == 0 or step == schedule.steps - 1):
-            entry = {"step": step + 1, "loss": float(loss), "learning_rate": schedule.rate(step)}
+            entry = {"step": step + 1, "loss": float(loss.detach()), "learning_rate": schedule.rate(step)}
             entry.update({f"{k}_mean": float(v.float().mean()) for k, v in stats.items() if v.numel()})
             log.append(entry)
+        if checkpoint is not None and checkpoint.due(step, schedule.steps):
+            checkpoint.save({"step": step + 1, "policy": policy.state_dict(), "optimizer": optimizer.state_dict(),
+                             "generator": generator.get_state(), "log": log, "episode_weights": episode_weights,
+                             "proposal": None if proposal is None else proposal.state_dict()})
         if progress is not None:
             progress.update(1)
     return log
