@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -21,15 +21,20 @@ from .curation import AUTHORS_TIERS, percentile_tiers, quality, top_fraction
 from .data import Episodes, load_episodes, reference_scores
 from .evaluation import return_summary, rollout_returns
 from .objectives import METHODS, ObjectiveConfig
+from .plots import plot_phi
 from .policy import GaussianPolicy, load_policy, save_policy
 from .training import Checkpoint, Schedule, new_policy, train
 
 DATA_HELP = "episodes: a D4RL .hdf5, an .npz in D4RL layout, or minari:<id> (the local Minari store)"
 
 
-def start(out: str, settings: dict, overwrite: bool) -> Path:
-    """The output directory, holding `settings`; a rerun with the same settings resumes, other settings refuse."""
-    out = Path(out)
+def start(config, settings: dict | None = None) -> Path:
+    """The run's output directory (config.out), holding its settings (`settings`, or every option the results
+    depend on); a rerun with the same settings resumes, other settings refuse, --overwrite starts again."""
+    if settings is None:
+        skip = ("out", "threads", "checkpoint_every", "workers", "overwrite", "progress")
+        settings = {k: v for k, v in asdict(config).items() if k not in skip}
+    out, overwrite = Path(config.out), config.overwrite
     saved = out / "settings.json"
     if overwrite and saved.exists():
         for item in out.iterdir():
@@ -119,20 +124,12 @@ def run_generate(config: GenerateConfig) -> Path:
 
 # ---- train --------------------------------------------------------------------------------------------------------
 
-@dataclass
-class TrainConfig(Options):
+@dataclass(kw_only=True)
+class TrainConfig(ObjectiveConfig):  # the objective's options (method, iw_*, ema_decay), then these
     data: str = option(REQUIRED, DATA_HELP)
     out: str = option("runs/control/train", "output directory (a rerun resumes in it)", output_dir=True)
     env: str | None = option(None, "gymnasium environment id (e.g. Hopper-v5): the action box, the normalised "
                                    "score and the evaluation")
-    method: str = option("iwsft", "bc (stage A only), bc_transitions, filtered_bc, iwsft, sftq or iwsftq",
-                         choices=list(METHODS))
-    iw_level: str = option("sequence", "iw-SFT weight per episode, step, or step_padded (the authors' code; "
-                                       "episode batching only)", choices=["sequence", "step", "step_padded"])
-    iw_temperature: float = option(10.0, "kappa in exp(kappa * log ratio)", at_least=0)
-    iw_w_max: float = option(1000.0, "largest episode weight (before self-normalisation)", above=0)
-    iw_step_clip: float = option(2.0, "largest step weight", above=0)
-    ema_decay: float = option(0.9, "proposal q <- decay * q + (1 - decay) * policy", at_least=0, below=1)
     curation: str = option("tiers", "the episodes stage C trains on: tiers (percentile tiers of return, "
                                      "concatenated), top (the best --top-fraction) or all",
                            choices=["tiers", "top", "all"])
@@ -171,12 +168,7 @@ class TrainConfig(Options):
                 (self.eval_episodes == 0 or self.env is not None, "--eval-episodes needs --env (or give 0)")]
 
     def objective(self) -> ObjectiveConfig:
-        return ObjectiveConfig(method=self.method, iw_level=self.iw_level, iw_temperature=self.iw_temperature,
-                               iw_w_max=self.iw_w_max, iw_step_clip=self.iw_step_clip, ema_decay=self.ema_decay)
-
-    def settings(self) -> dict:
-        skip = ("out", "threads", "checkpoint_every", "overwrite", "progress")
-        return {k: v for k, v in asdict(self).items() if k not in skip}
+        return ObjectiveConfig(**{f.name: getattr(self, f.name) for f in fields(ObjectiveConfig)})
 
 
 def curated_indices(returns, curation: str, tiers=AUTHORS_TIERS, fraction: float = 0.1) -> np.ndarray:
@@ -187,11 +179,15 @@ def curated_indices(returns, curation: str, tiers=AUTHORS_TIERS, fraction: float
     return np.arange(len(returns))
 
 
-def run_train(config: TrainConfig) -> dict:
+def begin(config) -> tuple[Path, Episodes, list[float], list[float]]:
+    """A train or baseline run's start: its threads, output directory, episodes and action box."""
     torch.set_num_threads(config.threads)
-    out = start(config.out, config.settings(), config.overwrite)
-    episodes = load_episodes(config.data, config.env)
-    low, high = action_box(config.env)
+    out = start(config)
+    return out, load_episodes(config.data, config.env), *action_box(config.env)
+
+
+def run_train(config: TrainConfig) -> dict:
+    out, episodes, low, high = begin(config)
     started = time.perf_counter()
     chosen = np.arange(len(episodes))
     if config.method == "bc":  # BC is stage A itself
@@ -367,7 +363,7 @@ def run_score(config: ScoreConfig) -> dict:
         curated = curated_indices(episodes.returns, config.curation, config.tiers, config.top_fraction)
         result["curated"] = phi_statistics([per_episode[i] for i in curated])
     (out / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot_phi_histogram(per_episode, curated, out / "phi_hist.png", title=f"{config.data} under {config.policy}")
+    plot_phi(per_episode, curated, out / "phi_hist.png", title=f"{config.data} under {config.policy}")
     for name in ("all", "curated"):
         if name in result:
             s = result[name]
@@ -375,30 +371,6 @@ def run_score(config: ScoreConfig) -> dict:
                   f"of {s['episodes']} episodes (0: the policy's own actions)")
     print(f"  {out / 'summary.json'}, {out / 'phi_hist.png'}")
     return result
-
-
-def plot_phi_histogram(per_episode, curated, path: Path, title: str) -> None:
-    """Per-episode phi_mean of all episodes, and of the curated ones."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    means = np.array([p.mean() for p in per_episode])
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
-    bins = np.histogram_bin_edges(means, bins=min(40, max(10, len(means) // 4)))
-    ax.hist(means, bins=bins, color="#4c72b0", alpha=0.7, label=f"all ({len(means)} episodes)")
-    if curated is not None:
-        ax.hist(means[np.unique(curated)], bins=bins, color="#dd8452", alpha=0.8,
-                label=f"curated ({len(np.unique(curated))} distinct)")
-    ax.axvline(0, color="black", linewidth=0.8)
-    ax.set_xlabel("phi_mean per episode (nats per step; 0 = the policy's own actions)")
-    ax.set_ylabel("episodes")
-    ax.set_title(title, fontsize=8)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 # ---- baseline -----------------------------------------------------------------------------------------------------
@@ -425,18 +397,11 @@ class BaselineConfig(Options):
     def rules(self):
         return [(self.eval_episodes == 0 or self.env is not None, "--eval-episodes needs --env (or give 0)")]
 
-    def settings(self) -> dict:
-        skip = ("out", "threads", "checkpoint_every", "overwrite", "progress")
-        return {k: v for k, v in asdict(self).items() if k not in skip}
-
 
 def run_baseline(config: BaselineConfig) -> dict:
     from .baselines import baseline_actor, train_baseline
 
-    torch.set_num_threads(config.threads)
-    out = start(config.out, config.settings(), config.overwrite)
-    episodes = load_episodes(config.data, config.env)
-    low, high = action_box(config.env)
+    out, episodes, low, high = begin(config)
     started = time.perf_counter()
     with tqdm(total=config.steps, unit="step", desc=config.algorithm, disable=not config.progress) as bar:
         algorithm = train_baseline(config.algorithm, episodes, out, steps=config.steps, seed=config.seed,

@@ -41,14 +41,26 @@ def scripted_pendulum(episodes: int = 200, seed: int = 0, max_episode_steps: int
 
     env = gym.make("InvertedPendulum-v5", max_episode_steps=max_episode_steps)
     rng = np.random.default_rng(seed)
-    columns = {name: [] for name in ("observations", "actions", "rewards", "terminals", "timeouts")}
     skills = rng.uniform(-1, 1, size=episodes)
-    for i, skill in enumerate(skills):
-        observation, _ = env.reset(seed=seed * 100_003 + i)
+
+    def act(episode: int, observation: np.ndarray) -> np.ndarray:
+        return np.array([np.clip(skills[episode] * CONTROLLER @ observation + noise * rng.normal(), -3, 3)],
+                        np.float32)
+
+    arrays = record_episodes(env, act, [seed * 100_003 + i for i in range(episodes)])
+    return arrays, skills
+
+
+def record_episodes(env, act, reset_seeds) -> dict[str, np.ndarray]:
+    """One episode per reset seed, acting with act(episode index, observation) -> action, in D4RL layout
+    (observations, actions, rewards as float32; terminals; timeouts where a time limit, not a terminal, ended it).
+    Closes the environment."""
+    columns = {name: [] for name in ("observations", "actions", "rewards", "terminals", "timeouts")}
+    for i, reset_seed in enumerate(reset_seeds):
+        observation, _ = env.reset(seed=reset_seed)
         done = False
         while not done:
-            action = np.clip(skill * CONTROLLER @ observation + noise * rng.normal(), -3, 3)
-            action = np.array([action], np.float32)
+            action = act(i, observation)
             next_observation, reward, terminated, truncated, _ = env.step(action)
             for name, value in (("observations", observation), ("actions", action), ("rewards", reward),
                                 ("terminals", terminated), ("timeouts", truncated and not terminated)):
@@ -56,9 +68,9 @@ def scripted_pendulum(episodes: int = 200, seed: int = 0, max_episode_steps: int
             observation, done = next_observation, terminated or truncated
     env.close()
     arrays = {name: np.asarray(values) for name, values in columns.items()}
-    arrays["observations"] = arrays["observations"].astype(np.float32)
-    arrays["rewards"] = arrays["rewards"].astype(np.float32)
-    return arrays, skills
+    for name in ("observations", "actions", "rewards"):
+        arrays[name] = arrays[name].astype(np.float32)
+    return arrays
 
 
 # ---- datasets from a soft actor-critic run (stable-baselines3) ----------------------------------------------------
@@ -151,22 +163,8 @@ def policy_rollouts(model, env_id: str, episodes: int, seed: int, deterministic:
 
     env = gym.make(env_id, **({"max_episode_steps": max_episode_steps} if max_episode_steps else {}))
     model.set_random_seed(seed)
-    columns = {name: [] for name in ("observations", "actions", "rewards", "terminals", "timeouts")}
-    for i in range(episodes):
-        observation, _ = env.reset(seed=seed + i)
-        done = False
-        while not done:
-            action, _ = model.predict(observation, deterministic=deterministic)
-            next_observation, reward, terminated, truncated, _ = env.step(action)
-            for name, value in (("observations", observation), ("actions", action), ("rewards", reward),
-                                ("terminals", terminated), ("timeouts", truncated and not terminated)):
-                columns[name].append(value)
-            observation, done = next_observation, terminated or truncated
-    env.close()
-    arrays = {name: np.asarray(values) for name, values in columns.items()}
-    for name in ("observations", "actions", "rewards"):
-        arrays[name] = arrays[name].astype(np.float32)
-    return arrays
+    return record_episodes(env, lambda _, observation: model.predict(observation, deterministic=deterministic)[0],
+                           [seed + i for i in range(episodes)])
 
 
 # ---- the cache ----------------------------------------------------------------------------------------------------

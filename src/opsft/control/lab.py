@@ -39,7 +39,7 @@ PROFILES = {
                  methods=list(METHODS), baselines=["bc", "td3_plus_bc", "iql"], seeds=[0], reference_steps=60,
                  steps=40, warmup_steps=10, learning_rate=1e-3, baseline_steps=40, eval_episodes=2,
                  max_episode_steps=100, hidden=[32, 32], batch_pairs=64),
-    "default": dict(dataset={"kind": "sac-replay", "env": "InvertedPendulum-v5", "seed": 0, "steps": 10_000},
+    "default": dict(dataset={"kind": "sac-replay", "env": "InvertedDoublePendulum-v5", "seed": 0, "steps": 30_000},
                     methods=list(METHODS), baselines=["bc", "td3_plus_bc", "iql"], seeds=[0, 1, 2],
                     reference_steps=5_000, steps=2_000, warmup_steps=300, learning_rate=4e-5,
                     baseline_steps=10_000, eval_episodes=50, max_episode_steps=None, hidden=[256, 256, 256],
@@ -82,7 +82,7 @@ class ControlLabConfig(Options):
 
 def run_control_lab(config: ControlLabConfig) -> dict:
     settings = config.resolved()
-    out = start(config.out, settings, config.overwrite)
+    out = start(config, settings)
     started = time.perf_counter()
     data, env_id = dataset_path(settings["dataset"], config.workers, config.progress)
     print(f"[control lab] data: {data} ({env_id})", flush=True)

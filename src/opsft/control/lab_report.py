@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from ..lab_report import write_html
-from .commands import curated_indices, episode_phi, phi_statistics, plot_phi_histogram
+from .commands import curated_indices, episode_phi, phi_statistics
 from .data import load_episodes
+from .plots import plot_phi, plot_returns, plot_scores, plot_training_curves
 from .policy import load_policy
 
 
@@ -106,8 +107,8 @@ def write_report(out: Path, settings: dict, data: str, env_id: str, reference: P
     (report / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     curated = np.array(phi["curated_episodes"])
     plot_returns(returns, curated, report / "returns.png", title=data)
-    plot_phi_histogram([np.array([p]) for p in phi["per_episode"]], curated, report / "phi.png",
-                       title=f"{data} under p_ref ({reference})")
+    plot_phi([np.array([p]) for p in phi["per_episode"]], curated, report / "phi.png",
+             title=f"{data} under p_ref ({reference})")
     plot_scores(rows, report / "scores.png")
     plot_training_curves(out, settings, report / "training_curves.png")
     write_html(report, table, settings, title=f"opsft control lab ({settings['profile']})",
@@ -116,66 +117,3 @@ def write_report(out: Path, settings: dict, data: str, env_id: str, reference: P
                        ("DDT phi of the data under p_ref", "phi.png"), ("Training curves (seed 0)",
                                                                           "training_curves.png")))
     return result
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_returns(returns, curated, path: Path, title: str) -> None:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
-    bins = np.histogram_bin_edges(returns, bins=min(40, max(10, len(returns) // 4)))
-    ax.hist(returns, bins=bins, color="#4c72b0", alpha=0.7, label=f"all ({len(returns)} episodes)")
-    distinct = np.unique(curated)
-    ax.hist(returns[distinct], bins=bins, color="#dd8452", alpha=0.8,
-            label=f"curated: percentile tiers ({len(distinct)} distinct, {len(curated)} with duplicates)")
-    ax.set_xlabel("episode return")
-    ax.set_ylabel("episodes")
-    ax.set_title(title, fontsize=8)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def plot_scores(rows: list[dict], path: Path) -> None:
-    plt = _plt()
-    rows = [r for r in rows if "return" in r]
-    fig, ax = plt.subplots(figsize=(8, 4), dpi=120)
-    x = np.arange(len(rows))
-    ax.bar(x, [r["return"]["mean"] for r in rows], yerr=[r["return"]["std"] for r in rows], capsize=3,
-           color=["#dd8452" if "d3rlpy" in r["method"] else "#4c72b0" for r in rows])
-    for i, r in enumerate(rows):
-        ax.scatter([i] * len(r["return"]["per_seed"]), r["return"]["per_seed"], color="black", s=8, zorder=3)
-    ax.set_xticks(x, [r["method"] for r in rows], rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("evaluation return (mean ± std over seeds; dots: seeds)")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def plot_training_curves(out: Path, settings: dict, path: Path) -> None:
-    """Training loss against step of each method's seed-0 run (stage C; bc: stage A)."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
-    seed = settings["seeds"][0]
-    for method in settings["methods"]:
-        run = out / "runs" / f"{method}-seed{seed}"
-        log = {"bc": run / "reference.log.jsonl", "bc_transitions": run / "policy_stage_a.log.jsonl"}.get(
-            method, run / "train_log.jsonl")
-        if log.exists():
-            entries = [json.loads(line) for line in log.read_text().splitlines() if line]
-            ax.plot([e["step"] for e in entries], [e["loss"] for e in entries], label=method, linewidth=1)
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss (the method's own objective)")
-    ax.set_yscale("symlog")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
