@@ -154,7 +154,7 @@ def test_cached_reference_log_probs_are_the_references_own():
         rows, steps = sampler.draw(32, generator)
         obs, act = sampler.gather(rows, steps)
         with torch.no_grad():
-            torch.testing.assert_close(frozen.at(chosen[rows.numpy()], steps.tolist()), reference.log_prob(obs, act))
+            torch.testing.assert_close(sampler.reference_at(rows, steps), reference.log_prob(obs, act))
     assert set(frozen.by_episode) <= {0, 2, 4}
     obs, act, mask = episodes.padded(chosen)
     with torch.no_grad():

@@ -41,7 +41,7 @@ PROFILES = {
                  max_episode_steps=100, hidden=[32, 32], batch_pairs=64),
     "default": dict(dataset={"kind": "sac-replay", "env": "InvertedDoublePendulum-v5", "seed": 0, "steps": 30_000},
                     methods=list(METHODS), baselines=["bc", "td3_plus_bc", "iql"], seeds=[0, 1, 2],
-                    reference_steps=5_000, steps=2_000, warmup_steps=300, learning_rate=4e-5,
+                    reference_steps=10_000, steps=2_000, warmup_steps=300, learning_rate=4e-5,
                     baseline_steps=10_000, eval_episodes=50, max_episode_steps=None, hidden=[256, 256, 256],
                     batch_pairs=256),
 }

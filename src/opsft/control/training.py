@@ -169,10 +169,6 @@ class FrozenLogProbs:
             padded[row, :len(values)] = values
         return padded
 
-    def at(self, episodes, steps) -> torch.Tensor:
-        """At the (episode, step) pairs [N]."""
-        return torch.stack([self.of(int(e))[t] for e, t in zip(episodes, steps)])
-
     def sums(self, episodes) -> torch.Tensor:
         """sum_t over each episode [N] (float64)."""
         return torch.stack([self.of(int(e)).sum(dtype=torch.float64) for e in episodes])
@@ -185,8 +181,13 @@ class PairSampler:
     def __init__(self, episodes: Episodes, chosen: np.ndarray, reference: FrozenLogProbs | None = None):
         self.episodes, self.chosen, self.reference = episodes, chosen, reference
         self.lengths = torch.as_tensor(episodes.lengths[chosen])
-        self.observations = [torch.from_numpy(o) for o in episodes.observations]
-        self.actions = [torch.from_numpy(a) for a in episodes.actions]
+        # every episode's steps in one stream, so that a batch of pairs is one indexing operation
+        self.episode_starts = np.concatenate([[0], np.cumsum(episodes.lengths)[:-1]])
+        self.starts = torch.as_tensor(self.episode_starts[chosen])
+        self.observations = torch.from_numpy(np.concatenate(episodes.observations))
+        self.actions = torch.from_numpy(np.concatenate(episodes.actions))
+        self.chosen_tensor = torch.as_tensor(chosen)
+        self._reference_stream = None
 
     def draw(self, n: int, generator: torch.Generator, by_transition: bool = False
              ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,10 +201,20 @@ class PairSampler:
         return rows, steps
 
     def gather(self, rows: torch.Tensor, steps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        episodes = self.chosen[rows.numpy()]
-        obs = torch.stack([self.observations[e][t] for e, t in zip(episodes, steps.tolist())])
-        act = torch.stack([self.actions[e][t] for e, t in zip(episodes, steps.tolist())])
-        return obs, act
+        """Observations and actions at the pairs."""
+        at = self.starts[rows] + steps
+        return self.observations[at], self.actions[at]
+
+    def reference_at(self, rows: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        """log p_ref at the pairs (each curated episode's computed once, by the frozen cache)."""
+        if self._reference_stream is None:
+            stream = torch.zeros(len(self.actions), dtype=next(self.reference.policy.parameters()).dtype)
+            for e in np.unique(self.chosen):
+                first = int(self.episode_starts[e])
+                values = self.reference.of(int(e))
+                stream[first:first + len(values)] = values
+            self._reference_stream = stream
+        return self._reference_stream[self.starts[rows] + steps]
 
     @torch.no_grad()
     def episode_weights(self, config: ObjectiveConfig, proposal: GaussianPolicy) -> torch.Tensor:
@@ -229,14 +240,14 @@ class PairSampler:
              proposal=None, quality=None, episode_weights=None):
         rows, steps = self.draw(n, generator, by_transition=config.method == "bc_transitions")
         obs, act = self.gather(rows, steps)
-        reference_log_pi = self.reference.at(self.chosen[rows.numpy()], steps.tolist()) if \
+        reference_log_pi = self.reference_at(rows, steps) if \
             config.importance_weighted and config.iw_level == "step" else None
-        return sampled_loss(config, policy.log_prob(obs, act), rows, self.chosen, proposal=proposal,
+        return sampled_loss(config, policy.log_prob(obs, act), rows, self.chosen_tensor, proposal=proposal,
                             observations=obs, actions=act, quality=quality, episode_weights=episode_weights,
                             reference_log_pi=reference_log_pi)
 
 
-def sampled_loss(config: ObjectiveConfig, log_pi: torch.Tensor, rows: torch.Tensor, chosen: np.ndarray, *,
+def sampled_loss(config: ObjectiveConfig, log_pi: torch.Tensor, rows: torch.Tensor, chosen, *,
                  proposal=None, observations=None, actions=None, quality=None, episode_weights=None,
                  reference_log_pi=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """mean_i [-w_i log pi_i] over sampled pairs i: w_i = the episode's weight (iw-SFT sequence, from the whole
