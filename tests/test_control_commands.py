@@ -118,7 +118,8 @@ def test_a_d3rlpy_baseline_trains_resumes_and_is_evaluated_the_same_way(scripted
             "InvertedPendulum-v5", "--steps", "20", "--checkpoint-every", "10", "--eval-episodes", "2",
             "--max-episode-steps", "50", "--out", str(out), "--no-progress"]
     assert main(args) == 0
-    assert json.loads((out / "algorithm_state.json").read_text()) == {"steps": 20}
+    state = json.loads((out / "algorithm_state.json").read_text())
+    assert state["steps"] == 20 and state["seconds"] > 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["method"] == "td3_plus_bc" and len(summary["eval"]["returns"]) == 2
     assert main(["control", "eval", "--policy", str(out / "algorithm.d3"), "--env", "InvertedPendulum-v5",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -61,12 +62,14 @@ def algorithm_config(name: str, action_low, action_high, batch_size: int | None 
 
 def train_baseline(name: str, episodes: Episodes, workdir: Path, *, steps: int, seed: int, action_low,
                    action_high, checkpoint_every: int = 2_000, batch_size: int | None = None, progress=None):
-    """Train d3rlpy's `name` for `steps` gradient steps on the episodes, resumably in `workdir`; the algorithm."""
+    """Train d3rlpy's `name` for `steps` gradient steps on the episodes, resumably in `workdir`; the algorithm.
+    workdir/algorithm_state.json holds the steps done and the seconds they took (over every process)."""
     d3rlpy = _d3rlpy()
     workdir.mkdir(parents=True, exist_ok=True)
     saved, state_file = workdir / "algorithm.d3", workdir / "algorithm_state.json"
     dataset = mdp_dataset(episodes, action_low, action_high)
-    done = json.loads(state_file.read_text())["steps"] if state_file.exists() else 0
+    state = json.loads(state_file.read_text()) if state_file.exists() else {"steps": 0, "seconds": 0.0}
+    done = state["steps"]
     if done:
         algorithm = d3rlpy.load_learnable(str(saved), device="cpu:0")
     else:
@@ -74,14 +77,15 @@ def train_baseline(name: str, episodes: Episodes, workdir: Path, *, steps: int, 
     if progress is not None:
         progress.update(done)
     while done < steps:
-        chunk = min(checkpoint_every, steps - done)
+        clock, chunk = time.perf_counter(), min(checkpoint_every, steps - done)
         d3rlpy.seed(seed * 1_000_003 + done)
         algorithm.fit(dataset, n_steps=chunk, n_steps_per_epoch=chunk, show_progress=False, save_interval=10**9,
                       logger_adapter=d3rlpy.logging.NoopAdapterFactory())
         done += chunk
         algorithm.save(str(workdir / "algorithm.tmp.d3"))
         os.replace(workdir / "algorithm.tmp.d3", saved)
-        state_file.write_text(json.dumps({"steps": done}) + "\n")
+        state = {"steps": done, "seconds": round(state["seconds"] + time.perf_counter() - clock, 3)}
+        state_file.write_text(json.dumps(state) + "\n")
         if progress is not None:
             progress.update(chunk)
     return algorithm

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from ..options import REQUIRED, Options, option
 from .curation import AUTHORS_TIERS, percentile_tiers, quality, top_fraction
 from .data import Episodes, load_episodes, reference_scores
 from .evaluation import return_summary, rollout_returns
-from .objectives import METHODS, ObjectiveConfig
+from .objectives import ObjectiveConfig
 from .plots import plot_phi
 from .policy import GaussianPolicy, load_policy, save_policy
 from .training import Checkpoint, Schedule, new_policy, train
@@ -188,7 +187,8 @@ def begin(config) -> tuple[Path, Episodes, list[float], list[float]]:
 
 def run_train(config: TrainConfig) -> dict:
     out, episodes, low, high = begin(config)
-    started = time.perf_counter()
+    if (out / "summary.json").exists():  # finished earlier
+        return _print_summary(out, json.loads((out / "summary.json").read_text()))
     chosen = np.arange(len(episodes))
     if config.method == "bc":  # BC is stage A itself
         policy = _reference(config, episodes, out, low, high)
@@ -200,8 +200,8 @@ def run_train(config: TrainConfig) -> dict:
     summary = {"method": config.method, "data": config.data, "episodes": len(episodes),
                "skipped": episodes.skipped, "trained_on": {"episodes": len(chosen),
                                                            "distinct": int(len(np.unique(chosen)))},
-               "data_returns": return_summary(episodes.returns), "train_seconds": round(time.perf_counter() -
-                                                                                      started, 1)}
+               "data_returns": return_summary(episodes.returns), "train_seconds": round(sum(
+                   torch.load(state, weights_only=False)["seconds"] for state in out.glob("*.state.pt")), 1)}
     save_policy(policy, out / "policy.pt", env=config.env, method=config.method)
     if config.eval_episodes:
         summary["eval"] = _cached_eval(out / "eval.json", policy, config.env, config.eval_episodes, config.eval_seed,
@@ -269,7 +269,7 @@ def _cached_eval(path: Path, actor, env_id, episodes, seed, scores, max_episode_
     return result
 
 
-def _print_summary(out: Path, summary: dict) -> None:
+def _print_summary(out: Path, summary: dict) -> dict:
     line = f"{summary['method']}: trained on {summary['trained_on']['episodes']} episodes " \
            f"({summary['trained_on']['distinct']} distinct) of {summary['episodes']}"
     if "eval" in summary:
@@ -277,7 +277,8 @@ def _print_summary(out: Path, summary: dict) -> None:
         line += f"; return {r['mean']:.1f} ± {r['ci95_half_width']:.1f} (95 % CI, {r['episodes']} episodes)"
         if "normalised_score" in summary["eval"]:
             line += f", normalised score {summary['eval']['normalised_score']['mean']:.1f}"
-    print(f"{line}\n  {out / 'policy.pt'}, {out / 'summary.json'}")
+    print(f"{line}\n  {out / 'summary.json'}")
+    return summary
 
 
 # ---- eval ---------------------------------------------------------------------------------------------------------
@@ -402,14 +403,15 @@ def run_baseline(config: BaselineConfig) -> dict:
     from .baselines import baseline_actor, train_baseline
 
     out, episodes, low, high = begin(config)
-    started = time.perf_counter()
+    if (out / "summary.json").exists():  # finished earlier
+        return _print_summary(out, json.loads((out / "summary.json").read_text()))
     with tqdm(total=config.steps, unit="step", desc=config.algorithm, disable=not config.progress) as bar:
         algorithm = train_baseline(config.algorithm, episodes, out, steps=config.steps, seed=config.seed,
                                    action_low=low, action_high=high, checkpoint_every=config.checkpoint_every,
                                    batch_size=config.batch_size, progress=bar)
     summary = {"method": config.algorithm, "data": config.data, "episodes": len(episodes),
                "skipped": episodes.skipped, "trained_on": {"episodes": len(episodes), "distinct": len(episodes)},
-               "train_seconds": round(time.perf_counter() - started, 1)}
+               "train_seconds": round(json.loads((out / "algorithm_state.json").read_text())["seconds"], 1)}
     if config.eval_episodes:
         summary["eval"] = _cached_eval(out / "eval.json", baseline_actor(algorithm), config.env,
                                        config.eval_episodes, config.eval_seed, episodes.reference_scores,

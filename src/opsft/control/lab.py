@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from ..models import cache_dir
 from ..options import Options, option
 from .commands import BaselineConfig, TrainConfig, run_baseline, run_train, start
@@ -88,7 +90,7 @@ def run_control_lab(config: ControlLabConfig) -> dict:
     print(f"[control lab] data: {data} ({env_id})", flush=True)
     references = {seed: out / "runs" / f"bc-seed{seed}" for seed in settings["seeds"]}
     _run_all([("train", _train_config(settings, data, env_id, "bc", seed, out)) for seed in settings["seeds"]],
-             config.workers, "reference (stage A)")
+             config.workers, "reference (stage A)", config.progress)
     jobs = [("train", _train_config(settings, data, env_id, method, seed, out,
                                     reference=references[seed] / "reference.pt"))
             for method in settings["methods"] if method != "bc" for seed in settings["seeds"]]
@@ -96,7 +98,7 @@ def run_control_lab(config: ControlLabConfig) -> dict:
         "baseline_steps"], out=str(out / "runs" / f"d3rlpy_{name}-seed{seed}"), eval_episodes=settings[
         "eval_episodes"], max_episode_steps=settings["max_episode_steps"], progress=False))
              for name in settings["baselines"] for seed in settings["seeds"]]
-    _run_all(jobs, config.workers, "methods and baselines")
+    _run_all(jobs, config.workers, "methods and baselines", config.progress)
     report = write_report(out, settings, data, env_id, references[settings["seeds"][0]] / "reference.pt")
     report["seconds"] = round(time.perf_counter() - started, 1)
     (out / "report" / "lab_time.json").write_text(json.dumps({"seconds": report["seconds"]}) + "\n")
@@ -124,19 +126,22 @@ def _train_config(settings: dict, data: str, env_id: str, method: str, seed: int
                        progress=False, **METHODS[method])
 
 
-def _run_all(jobs: list, workers: int, what: str) -> None:
+def _run_all(jobs: list, workers: int, what: str, progress: bool) -> None:
     """Each (kind, config) job, `workers` processes at a time; finished runs are reused."""
     todo = [job for job in jobs if not (Path(job[1].out) / "summary.json").exists()]
     print(f"[control lab] {what}: {len(jobs) - len(todo)} of {len(jobs)} runs done earlier; running {len(todo)}",
           flush=True)
-    if workers > 1 and len(todo) > 1:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            for job, _ in zip(todo, pool.map(_run_job, todo)):
-                print(f"[control lab]   done: {Path(job[1].out).name}", flush=True)
-    else:
-        for job in todo:
-            _run_job(job)
-            print(f"[control lab]   done: {Path(job[1].out).name}", flush=True)
+    with tqdm(total=len(todo), unit="run", desc=what, disable=not progress) as bar:
+        if workers > 1 and len(todo) > 1:
+            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+                for job, _ in zip(todo, pool.map(_run_job, todo)):
+                    bar.write(f"[control lab]   done: {Path(job[1].out).name}")
+                    bar.update(1)
+        else:
+            for job in todo:
+                _run_job(job)
+                bar.write(f"[control lab]   done: {Path(job[1].out).name}")
+                bar.update(1)
 
 
 def _run_job(job) -> dict:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,8 +67,8 @@ def new_policy(episodes: Episodes, hidden=(256, 256, 256), action_low=-1.0, acti
 
 @dataclass
 class Checkpoint:
-    """Where and how often train() saves its whole state: policy, proposal, optimiser, random generator, step, log
-    and the sampled episode weights. A train() given a checkpoint that exists continues from it, and ends where an
+    """Where and how often train() saves its whole state: policy, proposal, optimiser, random generator, step, log,
+    the sampled episode weights and the seconds spent training so far (over every process that worked on it). A train() given a checkpoint that exists continues from it, and ends where an
     uninterrupted run ends."""
     path: Path
     every: int = 500
@@ -96,9 +97,10 @@ def train(policy: GaussianPolicy, episodes: Episodes, chosen, config: ObjectiveC
     quality = None if quality is None else torch.as_tensor(np.asarray(quality), dtype=torch.float32)
     frozen = FrozenLogProbs(reference, episodes) if proposal is not None else None
     sampler = PairSampler(episodes, chosen, frozen) if schedule.batching == "sampled" else None
-    episode_weights, log, start = None, [], 0
+    episode_weights, log, start, clock, carried = None, [], 0, time.perf_counter(), 0.0
     saved = checkpoint.load() if checkpoint is not None else None
     if saved is not None:
+        carried = saved["seconds"]
         policy.load_state_dict(saved["policy"])
         optimizer.load_state_dict(saved["optimizer"])
         generator.set_state(saved["generator"])
@@ -136,7 +138,8 @@ def train(policy: GaussianPolicy, episodes: Episodes, chosen, config: ObjectiveC
         if checkpoint is not None and checkpoint.due(step, schedule.steps):
             checkpoint.save({"step": step + 1, "policy": policy.state_dict(), "optimizer": optimizer.state_dict(),
                              "generator": generator.get_state(), "log": log, "episode_weights": episode_weights,
-                             "proposal": None if proposal is None else proposal.state_dict()})
+                             "proposal": None if proposal is None else proposal.state_dict(),
+                             "seconds": carried + time.perf_counter() - clock})
         if progress is not None:
             progress.update(1)
     return log
