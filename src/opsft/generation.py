@@ -106,13 +106,24 @@ def left_padded(prompts: list[list[int]], pad_token_id: int, device) -> tuple[to
     return input_ids.to(device), attention_mask.to(device)
 
 
+def _cache_field() -> str:
+    """The KV cache's name in a model's arguments and outputs: `cache` in the transformers releases that renamed it
+    (they warn on `past_key_values`, to be removed in 5.40), `past_key_values` before."""
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    return "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+CACHE = _cache_field()
+
+
 def prefill(model, prompts: list[list[int]], pad_token_id: int, device):
     """(KV cache, last logits, attention mask, next positions) of left-padded prompts."""
     input_ids, attention_mask = left_padded(prompts, pad_token_id, device)
     positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True,
                 logits_to_keep=1)
-    return out.past_key_values, out.logits[:, -1], attention_mask, positions[:, -1] + 1
+    return getattr(out, CACHE), out.logits[:, -1], attention_mask, positions[:, -1] + 1
 
 
 ChooseTokens = Callable[[int, torch.Tensor, list[int]], torch.Tensor]
@@ -157,8 +168,8 @@ def decode_rows(model, prefilled, n: int, streams: int, choose: ChooseTokens, *,
         feed = tokens.repeat(streams)[:, None]
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(feed), 1)], dim=1)
         out = model(input_ids=feed, attention_mask=attention_mask, position_ids=next_position[:, None],
-                    past_key_values=cache, use_cache=True)
-        cache, logits, next_position = out.past_key_values, out.logits[:, -1], next_position + 1
+                    use_cache=True, **{CACHE: cache})
+        cache, logits, next_position = getattr(out, CACHE), out.logits[:, -1], next_position + 1
     return results
 
 
