@@ -106,9 +106,10 @@ def write_report(out: Path, settings: dict, data: str, env_id: str, reference: P
               "phi": {k: phi[k] for k in ("all", "curated")}}
     (report / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     curated = np.array(phi["curated_episodes"])
-    plot_returns(returns, curated, report / "returns.png", title=data)
+    name = Path(data).parent.name if Path(data).name == "data.npz" else data  # a generated set: its cache name
+    plot_returns(returns, curated, report / "returns.png", title=name)
     plot_phi([np.array([p]) for p in phi["per_episode"]], curated, report / "phi.png",
-             title=f"{data} under p_ref ({reference})")
+             title=f"{name} under p_ref (the first seed's stage A)")
     plot_scores(rows, report / "scores.png")
     plot_training_curves(out, settings, report / "training_curves.png")
     write_html(report, table, settings, title=f"opsft control lab ({settings['profile']})",

@@ -61,7 +61,7 @@ def plot_scores(rows: list[dict], path: Path) -> None:
     for i, r in enumerate(rows):
         ax.scatter([i] * len(r["return"]["per_seed"]), r["return"]["per_seed"], color="black", s=8, zorder=3)
     ax.set_xticks(x, [r["method"] for r in rows], rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("evaluation return (mean ± std over seeds; dots: seeds)")
+    ax.set_ylabel("return (mean ± std over seeds; dots: seeds)")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
