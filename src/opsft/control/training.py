@@ -229,15 +229,21 @@ class PairSampler:
                                                  self_normalise=True)
         return weights
 
-    @torch.no_grad()
-    def log_prob_sums(self, policy: GaussianPolicy, chunk: int = 32) -> torch.Tensor:
-        """sum_t log pi(a_t | s_t) of each curated episode [len(chosen)], a few distinct episodes at a time."""
+    @torch.inference_mode()
+    def log_prob_sums(self, policy: GaussianPolicy, chunk: int = 16_384) -> torch.Tensor:
+        """sum_t log pi(a_t | s_t) of each curated episode [len(chosen)] (float64): one pass over the distinct
+        episodes' steps, `chunk` steps at a time, summed per episode."""
         distinct, inverse = np.unique(self.chosen, return_inverse=True)
-        sums = []
-        for first in range(0, len(distinct), chunk):
-            obs, act, mask = self.episodes.padded(distinct[first:first + chunk])
-            sums.append((policy.log_prob(obs, act) * mask).sum(-1))
-        return torch.cat(sums).double()[torch.as_tensor(inverse)]
+        lengths = torch.as_tensor(self.episodes.lengths[distinct])
+        steps = torch.cat([torch.arange(int(self.episode_starts[e]), int(self.episode_starts[e]) + int(n))
+                           for e, n in zip(distinct, lengths)])
+        owner = torch.repeat_interleave(torch.arange(len(distinct)), lengths)
+        sums = torch.zeros(len(distinct), dtype=torch.float64)
+        for first in range(0, len(steps), chunk):
+            at = steps[first:first + chunk]
+            sums.index_add_(0, owner[first:first + chunk],
+                            policy.log_prob(self.observations[at], self.actions[at]).double())
+        return sums[torch.as_tensor(inverse)]
 
     def loss(self, policy: GaussianPolicy, config: ObjectiveConfig, n: int, generator: torch.Generator, *,
              proposal=None, quality=None, episode_weights=None):
