@@ -17,7 +17,6 @@ from opsft.hinted import HintedDecodingConfig, hinted_decode, mixing_lambda, mix
 pytestmark = pytest.mark.filterwarnings("error::FutureWarning")
 
 
-
 @pytest.fixture(scope="module")
 def model64(tokenizer):
     """float64, so that greedy ties cannot depend on the order of floating-point sums."""

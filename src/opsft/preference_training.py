@@ -25,6 +25,7 @@ import numpy as np
 from .checkpoints import TrainingRun
 from .data import load_preferences
 from .errors import DataError, nothing_left
+from .jobs import model_dtype
 from .models import load_model
 from .rendering import prompt_fills_max_length, prompt_format, render_plain, text_of, tokenize_example
 from .train_run import TrainConfig, lora_config, train_and_save, trl_arguments
@@ -51,7 +52,7 @@ def run_preference_train(config: TrainConfig, *, callbacks=None) -> dict:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    model, tokenizer = load_model(config.model, device=config.device)
+    model, tokenizer = load_model(config.model, device=config.device, dtype=model_dtype(config))
     rows, mean_tokens, truncated = fit_pairs(rows, tokenizer, config.max_length, source=config.data,
                                              skip_invalid=config.skip_invalid, skipped=skipped)
     if not rows:

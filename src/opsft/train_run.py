@@ -76,6 +76,8 @@ class TrainConfig(LossConfig):
     lora_dropout: float = option(0.05, "LoRA dropout", at_least=0, below=1)
     lora_target_modules: str = option("all-linear", "LoRA target modules (comma-separated names or all-linear)")
     device: str | None = option(None, "cuda / cpu (default: cuda when available)", device=True)
+    bf16: bool | None = option(None, "weights in bf16 and bf16 mixed precision (default: on GPUs that support it; "
+                                     "on a CPU it works but is slow: the GPU path, for testing)")
     report_to: str = option("none", "where TRL sends metrics: none, tensorboard, wandb, trackio, ...")
     resume: bool = option(False, "continue the run in --output-dir from its last checkpoint (refused if its "
                                  "settings or data differ)")
@@ -163,7 +165,8 @@ def trl_arguments(config: TrainConfig, trl_config_class, *, default_lr: tuple[fl
         weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm,
         logging_steps=config.logging_steps, save_steps=config.save_steps, save_total_limit=config.save_total_limit,
         activation_checkpointing=config.gradient_checkpointing, report_to=config.report_to,
-        bf16=on_cuda and torch.cuda.is_bf16_supported(), use_cpu=not on_cuda,
+        bf16=(on_cuda and torch.cuda.is_bf16_supported()) if config.bf16 is None else config.bf16,
+        use_cpu=not on_cuda,
         disable_tqdm=not config.progress, **specific,
     )
     name = trl_config_class.__name__
