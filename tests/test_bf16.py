@@ -16,7 +16,7 @@ from conftest import make_model
 from reference_hinted import EOS, reference_decode
 from test_ddt import random_sequences, reference_phi
 from test_hinted import MODES, prompts
-from test_training import config, data_path, logged, model_dir  # noqa: F401 (data_path, model_dir: fixtures)
+from test_training import ROWS, config, logged
 from opsft.generation import SamplingConfig, sample
 from opsft.hinted import hinted_decode
 from opsft.scoring import score_token_ids
@@ -67,15 +67,25 @@ def test_hinted_decoding_of_a_bf16_model_follows_the_reference(tokenizer, mode):
         assert result.lambdas == pytest.approx(lambdas, abs=1e-2)
 
 
+@pytest.fixture(scope="module")
+def training_inputs(tmp_path_factory, tokenizer):
+    """test_training's inputs: the tiny model initialised at 0.02, saved, and its rows."""
+    path = tmp_path_factory.mktemp("bf16-train")
+    make_model(len(tokenizer), init=0.02).save_pretrained(path / "model")
+    tokenizer.save_pretrained(path / "model")
+    (path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    return path / "model", str(path / "train.jsonl")
+
+
 @pytest.mark.parametrize("loss", ["sft", "idft", "iwsft", "asft"])
-def test_training_in_bf16(model_dir, data_path, tmp_path, loss):
+def test_training_in_bf16(training_inputs, tmp_path, loss):
     """`opsft train --bf16`: weights in bf16 and bf16 mixed precision (what a GPU run does), two steps. Each
     logged loss is within 2 % of the fp32 run's (measured: 0.7 % at most, IDFT's second step) and the saved model
     is bf16."""
     from opsft.train_run import run_train
 
-    fp32 = run_train(config(model_dir, data_path, tmp_path / "fp32", loss=loss, max_steps=2))
-    bf16 = run_train(config(model_dir, data_path, tmp_path / "bf16", loss=loss, max_steps=2, bf16=True))
+    fp32 = run_train(config(*training_inputs, tmp_path / "fp32", loss=loss, max_steps=2))
+    bf16 = run_train(config(*training_inputs, tmp_path / "bf16", loss=loss, max_steps=2, bf16=True))
     assert logged(bf16, "loss") == pytest.approx(logged(fp32, "loss"), rel=2e-2)
     assert all(np.isfinite(logged(bf16, key)).all() for key in ("loss", "grad_norm"))
     assert json.loads((tmp_path / "bf16" / "final" / "config.json").read_text())["dtype"] == "bfloat16"
