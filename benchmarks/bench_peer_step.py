@@ -1,0 +1,148 @@
+"""One SFT training step three ways, each in a fresh process: opsft's (`opsft train --loss sft`: TRL's trainer with
+our loss on TRL's fused LM head), TRL's own SFTTrainer, and a plain transformers step (labels -> the model's
+full-logits cross-entropy). Same model, token batch, optimiser and settings.
+
+    python benchmarks/bench_peer_step.py --model tiny             # a 2-layer Llama built here: seconds
+    python benchmarks/bench_peer_step.py --model smollm2-135m     # the real model: minutes on a CPU
+
+Full fine-tuning in fp32 without activation checkpointing (TRL's SFTConfig defaults to bf16 and checkpointing; both
+are turned off for it, as opsft has them on a CPU), AdamW at a constant learning rate of 1e-5, gradient clipping
+at 1.0, one micro-batch of --examples gsm_symbolic problems (seed 0), prompts masked out of the loss. Each variant times --steps optimiser
+steps after one warm-up step (from just before the forward pass to just after the optimiser step; data loading
+excluded) and reports the median. Prints a markdown table: seconds per step and the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+VARIANTS = ("opsft", "trl", "plain")
+DATA = "gym:gsm_symbolic?size={n}&seed=0"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny", help="tiny, or a model opsft loads (e.g. smollm2-135m)")
+    parser.add_argument("--examples", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per variant (after one warm-up)")
+    parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # one variant, in this process
+    args = parser.parse_args()
+    if args.variant:
+        print(json.dumps(run_variant(args.variant, args.model, args.examples, args.steps)))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        model = build_tiny(Path(tmp), args.examples) if args.model == "tiny" else args.model
+        results = {}
+        for variant in VARIANTS:
+            out = subprocess.run([sys.executable, __file__, "--variant", variant, "--model", str(model),
+                                  "--examples", str(args.examples), "--steps", str(args.steps)],
+                                 capture_output=True, text=True, check=True).stdout
+            results[variant] = json.loads(out.strip().splitlines()[-1])
+    tokens = results["plain"]["tokens"]
+    print(f"model {args.model}; {args.examples} examples, {tokens} tokens a step; median of {args.steps} steps\n")
+    print("| step | s / step | × TRL | × plain |\n|---|---|---|---|")
+    for variant in VARIANTS:
+        seconds = results[variant]["seconds"]
+        print(f"| {variant} | {seconds:.4f} | {seconds / results['trl']['seconds']:.2f} | "
+              f"{seconds / results['plain']['seconds']:.2f} |")
+
+
+def build_tiny(directory: Path, examples: int) -> Path:
+    from opsft.data import load_examples
+    from opsft.tiny import build_tiny_model
+
+    texts = [str(e.prompt) + str(e.completion) for e in load_examples(DATA.format(n=examples)).examples]
+    return build_tiny_model(directory / "tiny", texts * 20)
+
+
+def tokenized(model: str, examples: int):
+    from opsft.data import load_examples
+    from opsft.models import load_model
+    from opsft.rendering import tokenize_dataset
+
+    loaded, tokenizer = load_model(model, device="cpu", dtype=None)
+    data = load_examples(DATA.format(n=examples))
+    rows, _ = tokenize_dataset(data.examples, tokenizer, max_length=1024, skip_invalid=False,
+                               source=DATA.format(n=examples))
+    return loaded, tokenizer, rows
+
+
+class StepTimer:
+    """A TrainerCallback timing each optimiser step."""
+
+    def __init__(self):
+        from transformers import TrainerCallback
+
+        timer = self
+
+        class Callback(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                timer.started = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                timer.seconds.append(time.perf_counter() - timer.started)
+
+        self.seconds, self.callback = [], Callback()
+
+
+def run_variant(variant: str, model: str, examples: int, steps: int) -> dict:
+    import torch
+
+    torch.manual_seed(0)
+    common = dict(max_steps=steps + 1, per_device_train_batch_size=examples, learning_rate=1e-5,
+                  lr_scheduler_type="constant", max_grad_norm=1.0, seed=0, logging_steps=1, save_steps=10_000)
+    timer, out = StepTimer(), tempfile.mkdtemp()
+    if variant == "opsft":
+        from opsft.train_run import TrainConfig, run_train
+
+        run_train(TrainConfig(model=model, data=DATA.format(n=examples), loss="sft", output_dir=out, progress=False,
+                              **common), callbacks=[timer.callback])
+        seconds = timer.seconds
+    elif variant == "trl":
+        from datasets import Dataset
+        from trl import SFTConfig, SFTTrainer
+
+        loaded, tokenizer, rows = tokenized(model, examples)
+        dataset = Dataset.from_list([{"input_ids": r.input_ids, "completion_mask": [0] * r.completion_start + [1] * (
+            len(r.input_ids) - r.completion_start)} for r in rows])
+        trainer = SFTTrainer(model=loaded, processing_class=tokenizer, train_dataset=dataset, callbacks=[timer.callback],
+                             args=SFTConfig(output_dir=out, report_to="none", use_cpu=True, disable_tqdm=True,
+                                            max_length=1024, completion_only_loss=True, bf16=False,
+                                            activation_checkpointing=False, **common))  # as opsft on a CPU
+        trainer.train()
+        seconds = timer.seconds
+    else:
+        loaded, tokenizer, rows = tokenized(model, examples)
+        width = max(len(r.input_ids) for r in rows)
+        input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), -100, dtype=torch.long)
+        attention_mask = torch.zeros(len(rows), width, dtype=torch.long)
+        for i, r in enumerate(rows):
+            n = len(r.input_ids)
+            input_ids[i, :n] = torch.tensor(r.input_ids)
+            labels[i, r.completion_start:n] = input_ids[i, r.completion_start:n]
+            attention_mask[i, :n] = 1
+        optimizer = torch.optim.AdamW(loaded.parameters(), lr=1e-5)
+        loaded.train()
+        seconds = []
+        for _ in range(steps + 1):
+            started = time.perf_counter()
+            loss = loaded(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(loaded.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            seconds.append(time.perf_counter() - started)
+    return {"seconds": statistics.median(seconds[1:]), "all": seconds,
+            "tokens": sum(len(r.input_ids) for r in tokenized(model, examples)[2]) if variant == "plain" else None}
+
+
+if __name__ == "__main__":
+    main()
