@@ -146,7 +146,8 @@ def _one_line(error: Exception) -> str:
 
 
 def _save_traceback(command: str) -> str:
-    with tempfile.NamedTemporaryFile("w", prefix=f"opsft-{command.replace(' ', '-')}-", suffix=".txt", delete=False) as f:
+    prefix = f"opsft-{command.replace(' ', '-')}-"  # "control train" -> opsft-control-train-
+    with tempfile.NamedTemporaryFile("w", prefix=prefix, suffix=".txt", delete=False) as f:
         f.write(f"opsft {_version()}: {' '.join(sys.argv)}\n\n{traceback.format_exc()}")
     return f.name
 

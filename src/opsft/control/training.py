@@ -68,8 +68,8 @@ def new_policy(episodes: Episodes, hidden=(256, 256, 256), action_low=-1.0, acti
 @dataclass
 class Checkpoint:
     """Where and how often train() saves its whole state: policy, proposal, optimiser, random generator, step, log,
-    the sampled episode weights and the seconds spent training so far (over every process that worked on it). A train() given a checkpoint that exists continues from it, and ends where an
-    uninterrupted run ends."""
+    the sampled episode weights and the seconds spent training so far (over every process that worked on it). A
+    train() given a checkpoint that exists continues from it, and ends where an uninterrupted run ends."""
     path: Path
     every: int = 500
 
