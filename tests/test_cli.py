@@ -280,3 +280,49 @@ with output_lock({str(out)!r}, "opsft score"):
         holder.wait()
     time.sleep(0.1)
     assert score(tmp_path, tiny_model_dir, data) == 0  # a killed holder leaves no stale lock
+
+
+def test_two_processes_score_like_one_and_resume_with_another_count(tmp_path, tiny_model_dir):
+    """`accelerate launch` with 2 CPU processes (gloo): each scores its share (index % 2), the main process merges.
+    The scored file equals one process's (phi to fp32 round-off: the shards batch other neighbours, so padding
+    differs), and a run cut short in one process is finished by two, then reread whole by one."""
+    import os
+    import subprocess
+    import sys
+
+    data = write_jsonl(tmp_path / "d.jsonl", ROWS)
+    flags = ["--model", str(tiny_model_dir), "--data", data, "--prompt-field", "question", "--completion-field",
+             "solution", "--batch-size", "2", "--no-progress"]
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+
+    def two_processes(out):
+        subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "-m", "opsft.cli", "score",
+                        *flags, "--out", str(out)], check=True, capture_output=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    def same(a, b):
+        assert [r["id"] for r in a] == [r["id"] for r in b]
+        for x, y in zip(a, b):
+            assert {k: v for k, v in x.items() if not k.startswith("phi")} == \
+                   {k: v for k, v in y.items() if not k.startswith("phi")}
+            for key in ("phi_mean", "phi_std", "phi_sum", "phi_pos_ratio"):
+                assert x[key] == pytest.approx(y[key], rel=1e-5, abs=1e-6), key
+
+    assert main(["score", *flags, "--out", str(tmp_path / "one")]) == 0
+    one = read_jsonl(tmp_path / "one" / "scored.jsonl")
+    two_processes(tmp_path / "two")
+    assert sorted(p.name for p in (tmp_path / "two").glob("progress*")) == ["progress-0-of-2.jsonl",
+                                                                           "progress-1-of-2.jsonl"]
+    same(read_jsonl(tmp_path / "two" / "scored.jsonl"), one)
+    # cut short in one process (3 of 7 rows logged), finished by two, then reread by one: nothing scored twice
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    lines = (tmp_path / "one" / "progress.jsonl").read_text().splitlines()
+    (partial / "progress.jsonl").write_text("\n".join(lines[:4]) + "\n")
+    two_processes(partial)
+    logged = [json.loads(line)["index"] for p in sorted(partial.glob("progress*.jsonl"))
+              for line in p.read_text().splitlines()[1:]]
+    assert sorted(logged) == list(range(len(ROWS)))
+    same(read_jsonl(partial / "scored.jsonl"), one)
+    assert main(["score", *flags, "--out", str(partial)]) == 0
+    same(read_jsonl(partial / "scored.jsonl"), one)

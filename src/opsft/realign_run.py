@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import PartialState
 from tqdm.auto import tqdm
 
 from .answers import answer_matches
@@ -33,7 +32,7 @@ from .jobs import prepare
 from .options import REQUIRED, Options, option, template_rule
 from .rendering import fingerprint, fitting_prompts, prompt_ids, tokenize_example
 from .report import plot_before_after
-from .resumable import ResultLog, read_records
+from .resumable import ShardedLog
 from .scoring import score_token_ids
 
 ANALYSIS_TEMPLATE = (
@@ -153,22 +152,10 @@ def run_realign(config: RealignConfig) -> dict:
     decoding = config.decoding(marker)
     eos = eos_token_ids(model, tokenizer)
 
-    # Under `accelerate launch` process r of w takes the examples with index % w == r and logs them to its own
-    # file; every process counts all logs as done (so a rerun resumes, even with another w), and the main
-    # process merges them by index.
-    state = PartialState(cpu=not torch.cuda.is_available())  # CPU-only: gloo across processes
-    rank, world = state.process_index, state.num_processes
+    # Under `accelerate launch` each process realigns its share of the examples (resumable.ShardedLog)
     settings = {**config.settings(), "inputs_sha256": fingerprint(tokenized)}
-    if state.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        if config.overwrite:
-            for path in out.glob("progress*.jsonl"):
-                path.unlink()
-    state.wait_for_everyone()
-    own = out / ("progress.jsonl" if world == 1 else f"progress-{rank}-of-{world}.jsonl")
-    done = {r["index"] for path in out.glob("progress*.jsonl") if path != own for r in read_records(path, settings)}
-    log = ResultLog(own, settings)
-    todo = [e for e in examples if e.index % world == rank and e.index not in done | log.done()]
+    log = ShardedLog(out, settings, overwrite=config.overwrite)
+    todo = log.mine(examples)
     started, new_tokens = time.perf_counter(), 0
     with tqdm(total=len(todo), unit="ex", desc="realigning", disable=not config.progress) as bar:
         for first in range(0, len(todo), config.batch_size):
@@ -187,15 +174,11 @@ def run_realign(config: RealignConfig) -> dict:
             new_tokens += sum(len(d.tokens) for d in decoded)
             bar.update(len(batch))
     seconds = time.perf_counter() - started
-    state.wait_for_everyone()
-    if not state.is_main_process:
+    merged = log.merged()
+    if merged is None:  # not the main process
         return {}
-    merged: dict[int, dict] = {}
-    for path in sorted(out.glob("progress*.jsonl")):
-        for record in (log.records() if path == own else read_records(path, settings)):
-            merged.setdefault(record["index"], record)
-    return _write_outputs(out, config, data, examples, [merged[i] for i in sorted(merged)], skipped, marker,
-                          {"processes": world, "tokens_generated_this_run_by_main_process": new_tokens,
+    return _write_outputs(out, config, data, examples, merged, skipped, marker,
+                          {"processes": log.world, "tokens_generated_this_run_by_main_process": new_tokens,
                            "seconds": round(seconds, 2),
                            "tokens_per_second": round(new_tokens / seconds, 1) if new_tokens else None})
 

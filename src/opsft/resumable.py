@@ -83,3 +83,60 @@ def read_records(path: str | Path, settings: dict[str, Any]) -> list[dict]:
     if not lines or json.loads(lines[0]).get("settings") != json.loads(json.dumps(settings)):
         raise OpsftError(f"{path} holds a run with other settings; use another output directory or --overwrite")
     return [json.loads(line) for line in lines[1:]]
+
+
+class ShardedLog:
+    """The result log of a job that `accelerate launch` may spread over processes. Process r of w takes the items
+    with index % w == r and logs them to its own file (`<name>.jsonl` in one process, `<name>-r-of-w.jsonl` among
+    w); every process counts the records of every log of that name in the directory as done, so a rerun resumes
+    with any number of processes; the main process merges them by index."""
+
+    def __init__(self, directory: str | Path, settings: dict[str, Any], *, overwrite: bool = False,
+                 name: str = "progress"):
+        import torch
+        from accelerate import PartialState
+
+        self.state = PartialState(cpu=not torch.cuda.is_available())  # CPU-only: gloo across processes
+        self.rank, self.world = self.state.process_index, self.state.num_processes
+        self.directory, self.settings, self.name = Path(directory), settings, name
+        if self.state.is_main_process:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            if overwrite:
+                for path in self._paths():
+                    path.unlink()
+        self.state.wait_for_everyone()
+        own = f"{name}.jsonl" if self.world == 1 else f"{name}-{self.rank}-of-{self.world}.jsonl"
+        self.own = self.directory / own
+        self.others = {r["index"] for path in self._paths() if path != self.own
+                       for r in read_records(path, settings)}
+        self.log = ResultLog(self.own, settings)
+
+    def _paths(self) -> list[Path]:
+        return sorted(p for p in self.directory.glob(f"{self.name}*.jsonl")
+                      if p.stem == self.name or p.stem.startswith(f"{self.name}-"))
+
+    @property
+    def is_main_process(self) -> bool:
+        return self.state.is_main_process
+
+    def done(self) -> set[int]:
+        return self.others | self.log.done()
+
+    def mine(self, items: list, index=lambda item: item.index) -> list:
+        """The items this process is to do: its share, less what any log already holds."""
+        done = self.done()
+        return [item for item in items if index(item) % self.world == self.rank and index(item) not in done]
+
+    def append(self, records: list[dict]) -> None:
+        self.log.append(records)
+
+    def merged(self) -> list[dict] | None:
+        """Every process's records in index order, on the main process once all have finished; None elsewhere."""
+        self.state.wait_for_everyone()
+        if not self.state.is_main_process:
+            return None
+        merged: dict[int, dict] = {}
+        for path in self._paths():
+            for record in (self.log.records() if path == self.own else read_records(path, self.settings)):
+                merged.setdefault(record["index"], record)
+        return [merged[i] for i in sorted(merged)]

@@ -3,7 +3,8 @@
 Writes into `out`: scored.jsonl (or .parquet; the input rows plus phi_mean, phi_std, phi_pos_ratio,
 phi_sum, n_tokens, truncated, and with save_tokens the completion token ids and their phi),
 skipped.jsonl (every row left out, with its reason), summary.json, summary.md, phi_hist.png,
-worst_examples.html, and progress.jsonl (the resumable log: a rerun continues where it stopped).
+worst_examples.html, and progress.jsonl (the resumable log: a rerun continues where it stopped; under
+`accelerate launch`, one progress-R-of-W.jsonl per process, merged by the main process).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .jobs import prepare
 from .options import REQUIRED, Options, option
 from .rendering import fingerprint, prompt_format
 from .report import format_markdown, format_table, phi_summary, plot_histogram, worst_examples_html
-from .resumable import ResultLog
+from .resumable import ShardedLog
 from .scoring import iter_scored, score_token_ids
 
 
@@ -72,24 +73,28 @@ def run_score(config: ScoreConfig) -> dict:
         raise nothing_left(config.data, "example left to score", skipped)
     # the inputs' fingerprint: an edited data file or another tokenizer/template is a different run
     settings = {**config.settings(), "inputs_sha256": fingerprint(tokenized)}
-    log = ResultLog(out / "progress.jsonl", settings, overwrite=config.overwrite)
-    done = log.done()
-    todo = [t for t in tokenized if t.index not in done]
-    if done:
-        print(f"opsft: resuming in {out}: {len(done)} examples already scored, {len(todo)} to go", flush=True)
+    # under `accelerate launch` each process scores its share of the examples (resumable.ShardedLog)
+    log = ShardedLog(out, settings, overwrite=config.overwrite)
+    todo, done = log.mine(tokenized), log.done()
+    if done and log.is_main_process:
+        print(f"opsft: resuming in {out}: {len(done)} examples already scored, {len(tokenized) - len(done)} to go",
+              flush=True)
     started, new_tokens = time.perf_counter(), 0
     for batch in iter_scored(model, todo, temperature=config.temperature, batch_size=config.batch_size,
                              save_tokens=config.save_tokens, progress=config.progress):
         log.append([{"index": s.index, **s.summary()} for s in batch])
         new_tokens += sum(s.n_tokens for s in batch)
     seconds = time.perf_counter() - started
+    scored = log.merged()
+    if scored is None:  # not the main process: the main one writes the outputs
+        return {}
 
-    scored = log.records()
     summary = phi_summary(scored, in_threshold=config.in_threshold, out_threshold=config.out_threshold)
     summary["run"] = {**config.settings(), "prompt_format": prompt_format(tokenizer), "source_shape": data.shape}
     summary["rows_read"] = len(data.examples) + len(data.skipped)
     summary["skipped"] = dict(Counter(e.reason for e in skipped))
-    summary["throughput"] = {"tokens_scored_this_run": new_tokens, "seconds": round(seconds, 2),
+    summary["throughput"] = {"processes": log.world, "tokens_scored_this_run_by_main_process": new_tokens,
+                             "seconds": round(seconds, 2),
                              "tokens_per_second": round(new_tokens / seconds, 1) if new_tokens else None}
     _write_outputs(out, config, data.examples, scored, skipped, summary)
     by_index = {t.index: t for t in tokenized}
