@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
@@ -59,3 +61,25 @@ def tiny_model_dir(tmp_path_factory, tokenizer, tiny_model):
     tiny_model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def launch(processes: int, *args: str, timeout: int = 300) -> None:
+    """`accelerate launch --multi_gpu --num_processes N -m opsft.cli ARGS` on CPU (gloo), one thread a process;
+    a failing run shows its output."""
+    import os
+    import subprocess
+    import sys
+
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    run = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", str(processes), "-m", "opsft.cli",
+                          *args], capture_output=True, text=True, timeout=timeout,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, f"accelerate launch failed:\n{run.stdout[-3000:]}\n{run.stderr[-6000:]}"
+
+
+# The accelerator the tests marked `gpu` run on: CUDA where there is one, or OPSFT_TEST_DEVICE (the GPU check's dry
+# run sets it to cpu, so that those tests' plumbing runs in CI too). Tests take `device` from DEVICES: always the CPU,
+# and the accelerator as a `gpu`-marked case.
+ACCELERATOR = os.environ.get("OPSFT_TEST_DEVICE") or ("cuda" if torch.cuda.is_available() else None)
+DEVICES = ["cpu"] + ([pytest.param(ACCELERATOR, marks=pytest.mark.gpu, id=f"gpu-{ACCELERATOR}")]
+                     if ACCELERATOR else [])

@@ -7,6 +7,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import launch
 from opsft.cli import main
 
 ROWS = [{"question": f"What is {a} + {b}?", "solution": f"{a} + {b} = {a + b}. #### {a + b}", "id": i}
@@ -286,19 +287,12 @@ def test_two_processes_score_like_one_and_resume_with_another_count(tmp_path, ti
     """`accelerate launch` with 2 CPU processes (gloo): each scores its share (index % 2), the main process merges.
     The scored file equals one process's (phi to fp32 round-off: the shards batch other neighbours, so padding
     differs), and a run cut short in one process is finished by two, then reread whole by one."""
-    import os
-    import subprocess
-    import sys
-
     data = write_jsonl(tmp_path / "d.jsonl", ROWS)
     flags = ["--model", str(tiny_model_dir), "--data", data, "--prompt-field", "question", "--completion-field",
              "solution", "--batch-size", "2", "--no-progress"]
-    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
 
     def two_processes(out):
-        subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "-m", "opsft.cli", "score",
-                        *flags, "--out", str(out)], check=True, capture_output=True, timeout=300,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+        launch(2, "score", *flags, "--out", str(out))
 
     def same(a, b):
         assert [r["id"] for r in a] == [r["id"] for r in b]

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import make_tokenizer
+from conftest import launch, make_tokenizer
 from opsft.cli import main
 
 ROWS = [{"question": f"What is {a} + {b}?", "answer": str(a + b)} for a in range(6) for b in range(3)]
@@ -116,6 +116,60 @@ def test_interrupted_eval_resumes_without_regenerating(tmp_path, tiny_model_dir,
     assert run_eval(tiny_model_dir, tmp_path / "out", data, "--k", "2", "--temperature", "1.0") == 0
     assert sum(generated) == 2 * (len(ROWS) - 4)
     assert samples(tmp_path / "out") == complete
+
+
+def test_two_processes_evaluate_like_one_and_resume_with_another_count(tmp_path, tiny_model_dir, data, monkeypatch):
+    """`accelerate launch` with 2 CPU processes: each samples its share (index % 2) of the set and of the drift
+    samples, the main process merges, scores the drift and reports. Every sample draws from its own seeded
+    generator, so the samples equal one process's; the drift to fp32 round-off (other batch neighbours). A run
+    cut short in one process is finished by two, then reread whole by one without generating again."""
+    flags = ["--model", str(tiny_model_dir), "--data", data, "--prompt-field", "question", "--completion-field",
+             "answer", "--max-new-tokens", "10", "--batch-size", "4", "--no-progress", "--k", "2", "--temperature",
+             "1.0", "--drift-data", data, "--drift-base", str(tiny_model_dir), "--drift-samples", "2",
+             "--drift-limit", "9", "--drift-max-new-tokens", "8"]
+
+    def outputs(out):
+        summary = json.loads((out / "eval_summary.json").read_text())
+        base = sorted((r for p in (out / "drift").glob("base_samples*.jsonl") for r in
+                       map(json.loads, p.read_text().splitlines()[1:])), key=lambda r: r["index"])
+        return samples(out), summary, base
+
+    def same(a, b):
+        (samples_a, summary_a, base_a), (samples_b, summary_b, base_b) = a, b
+        assert samples_a == samples_b and base_a == base_b and len(base_a) == 18
+        assert summary_a["sets"] == summary_b["sets"]
+        drift_a, drift_b = summary_a["drift"], summary_b["drift"]
+        assert {k: v for k, v in drift_a.items() if "phi" not in k and "drift" not in k} == \
+               {k: v for k, v in drift_b.items() if "phi" not in k and "drift" not in k}
+        for key in ("drift", "drift_sem", "token_phi_mean"):
+            assert drift_a[key] == pytest.approx(drift_b[key], rel=1e-5, abs=1e-6), key
+
+    assert main(["eval", *flags, "--out", str(tmp_path / "one")]) == 0
+    one = outputs(tmp_path / "one")
+    launch(2, "eval", *flags, "--out", str(tmp_path / "two"))
+    assert sorted(p.name for p in (tmp_path / "two").rglob("*-of-2.jsonl")) == [
+        "base_samples-0-of-2.jsonl", "base_samples-1-of-2.jsonl", "progress-0-of-2.jsonl", "progress-1-of-2.jsonl"]
+    same(outputs(tmp_path / "two"), one)
+    # cut short in one process (5 of 18 problems, 7 of 18 drift samples logged), finished by two, reread by one
+    partial = tmp_path / "partial"
+    for log, keep in (("sets/d/progress.jsonl", 6), ("drift/base_samples.jsonl", 8)):
+        (partial / log).parent.mkdir(parents=True)
+        (partial / log).write_text("\n".join((tmp_path / "one" / log).read_text().splitlines()[:keep]) + "\n")
+    launch(2, "eval", *flags, "--out", str(partial))
+    logged = [json.loads(line)["index"] for p in sorted((partial / "sets" / "d").glob("progress*.jsonl"))
+              for line in p.read_text().splitlines()[1:]]
+    assert sorted(logged) == list(range(len(ROWS)))  # nothing generated twice
+    same(outputs(partial), one)
+    import opsft.drift
+    import opsft.evaluation
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("generated again")
+
+    monkeypatch.setattr(opsft.evaluation, "sample", no_sampling)
+    monkeypatch.setattr(opsft.drift, "sample", no_sampling)
+    assert main(["eval", *flags, "--out", str(partial)]) == 0
+    same(outputs(partial), one)
 
 
 def test_suite_with_in_and_out_of_domain_sets(tmp_path, tiny_model_dir, data):

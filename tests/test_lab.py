@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from conftest import launch
 from opsft.cli import main
 from opsft.lab import METHODS, running_sums
 
@@ -62,6 +63,51 @@ def test_every_stage_produces_its_outputs(tiny_lab, regime):
             assert d[group]["delta"] == pytest.approx(summary[d["method"]][f"{group}_accuracy"] -
                                                       summary["sft"][f"{group}_accuracy"])
     assert len(set(budgets.values())) > 1  # tokens per example differ, so the step counts do too
+
+
+def same_up_to_round_off(a, b, where: str) -> None:
+    """Equal, floats to training round-off; wall times left out."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = {k for k in a if "seconds" not in k}
+        assert keys == {k for k in b if "seconds" not in k}, where
+        for key in keys:
+            same_up_to_round_off(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, list) and isinstance(b, list):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            same_up_to_round_off(x, y, f"{where}[{i}]")
+    elif isinstance(a, float) and isinstance(b, float):
+        assert a == pytest.approx(b, rel=1e-4, abs=1e-6), where
+    else:
+        assert a == b, where
+
+
+def test_two_processes_give_the_stage_outputs_of_one(tiny_lab, tmp_path):
+    """`accelerate launch` with 2 CPU processes: training data-parallel on the same global batch, generation and
+    scoring sharded. Every stage's result equals one process's: data, phi, rewrites, validation accuracies and
+    chosen learning rates, steps and tokens, test accuracies exactly; phi, drift and training losses to
+    training round-off."""
+    launch(2, "lab", "--profile", "tiny", "--out", str(tmp_path), "--no-progress", timeout=900)
+    for regime in ("weak", "strong"):
+        one, two = tiny_lab / regime, tmp_path / regime
+
+        def read(out, path):
+            return json.loads((out / path).read_text().replace(str(out), "OUT"))
+
+        for stage in STAGES:
+            same_up_to_round_off(read(one, f"stages/{stage}.json"), read(two, f"stages/{stage}.json"), stage)
+        assert read(one, "stages/6-eval.json")["runs"].keys() == read(two, "stages/6-eval.json")["runs"].keys()
+        for name, accuracies in read(one, "stages/6-eval.json")["runs"].items():
+            other = read(two, "stages/6-eval.json")["runs"][name]
+            assert (accuracies["in_domain"], accuracies["out_of_domain"]) == (other["in_domain"],
+                                                                             other["out_of_domain"]), name
+            run = read(one, "stages/5-train.json")["runs"][name]["dir"]
+            losses = [[h["loss"] for h in read(out, f"{run}/train_summary.json")["log_history"] if "loss" in h]
+                      for out in (one, two)]
+            assert losses[1] == pytest.approx(losses[0], rel=1e-4) and losses[0], name
+        same_up_to_round_off(read(one, "report/results.json"), read(two, "report/results.json"), "results.json")
+    same_up_to_round_off(*(json.loads((out / "report" / "regimes.json").read_text().replace(str(out), "OUT"))
+                           for out in (tiny_lab, tmp_path)), "regimes.json")
 
 
 def test_regimes_differ_in_how_close_the_training_solutions_are_to_the_model(tiny_lab):

@@ -8,6 +8,7 @@ import json
 import datasets
 import pytest
 
+from conftest import launch
 from opsft.cli import main
 from opsft.data import load_preferences
 from opsft.preference_training import fit_pairs
@@ -38,14 +39,17 @@ def test_several_pairs_per_prompt_use_distinct_samples():
     assert [(p["chosen"], p["rejected"]) for p in made] == [("a", "x"), ("b", "y"), ("a", "z")]
 
 
+def prefs_flags(model_dir, data) -> list[str]:
+    return ["--model", str(model_dir), "--data", str(data), "--prompt-field", "question", "--completion-field",
+            "answer", "--k", "3", "--max-new-tokens", "8", "--no-progress"]
+
+
 @pytest.fixture(scope="module")
 def prefs(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("prefs")
     data = root / "d.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    assert main(["prefs", "--model", str(tiny_model_dir), "--data", str(data), "--prompt-field", "question",
-                 "--completion-field", "answer", "--out", str(root / "out"), "--k", "3", "--max-new-tokens", "8",
-                 "--no-progress"]) == 0
+    assert main(["prefs", *prefs_flags(tiny_model_dir, data), "--out", str(root / "out")]) == 0
     return root / "out"
 
 
@@ -61,6 +65,34 @@ def test_prefs_writes_trl_pairs_and_counts_every_prompt(prefs):
         assert pair["chosen"][0]["role"] == pair["rejected"][0]["role"] == "assistant"
         wrong = {x["text"] for x in checked[pair["source_row"]]["samples"] if not x["correct"]}
         assert pair["rejected"][0]["content"] in wrong
+
+
+def test_two_processes_make_the_pairs_of_one_and_resume_with_another_count(tmp_path, tiny_model_dir, prefs):
+    """`accelerate launch` with 2 CPU processes: each samples its share (index % 2), the main process merges and
+    pairs. Every sample draws from its own seeded generator, so the files equal one process's, also when a run
+    cut short in one process is finished by two, then reread by one."""
+    flags = prefs_flags(tiny_model_dir, prefs.parent / "d.jsonl")
+
+    def outputs(out):
+        summary = json.loads((out / "summary.json").read_text())
+        return (out / "prefs.jsonl").read_text(), (out / "samples.jsonl").read_text(), \
+            {k: v for k, v in summary.items() if k != "run"}
+
+    one = outputs(prefs)
+    launch(2, "prefs", *flags, "--out", str(tmp_path / "two"))
+    assert sorted(p.name for p in (tmp_path / "two").glob("progress*")) == ["progress-0-of-2.jsonl",
+                                                                           "progress-1-of-2.jsonl"]
+    assert outputs(tmp_path / "two") == one
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "progress.jsonl").write_text("\n".join((prefs / "progress.jsonl").read_text().splitlines()[:6]) + "\n")
+    launch(2, "prefs", *flags, "--out", str(partial))
+    logged = [json.loads(line)["index"] for p in sorted(partial.glob("progress*.jsonl"))
+              for line in p.read_text().splitlines()[1:]]
+    assert sorted(logged) == list(range(len(ROWS)))  # 5 prompts by one process, the other 7 by two
+    assert outputs(partial) == one
+    assert main(["prefs", *flags, "--out", str(partial)]) == 0
+    assert outputs(partial) == one
 
 
 def train(tmp_path, model_dir, prefs, loss, *extra):

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from conftest import launch
 from opsft.cli import main
 from opsft.data import load_examples
 from opsft.realign_run import RealignConfig, hinted_prompt, run_realign
@@ -76,19 +77,12 @@ def test_interrupted_run_gives_the_same_final_file(tiny_model_dir, tmp_path, cap
 def test_two_processes_merge_into_the_single_process_file(tiny_model_dir, tmp_path):
     """`accelerate launch` with 2 CPU processes: shards by index, merged by the main process. Each example
     samples from its own seeded generator, so the merged file is the single-process file."""
-    import os
-    import subprocess
-    import sys
-
     data = write_jsonl(tmp_path / "d.jsonl", ROWS)
     flags = ["--model", str(tiny_model_dir), "--data", data, "--prompt-field", "question", "--completion-field",
              "solution", "--max-new-tokens", "12", "--batch-size", "2", "--temperature", "0.7", "--no-progress",
              "--no-require-correct", "--no-require-eos", "--answer-marker", "none"]
     assert main(["realign", *flags, "--out", str(tmp_path / "one")]) == 0
-    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
-    subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "-m", "opsft.cli", "realign",
-                    *flags, "--out", str(tmp_path / "two")], check=True, capture_output=True, timeout=300,
-                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+    launch(2, "realign", *flags, "--out", str(tmp_path / "two"))
     assert sorted(p.name for p in (tmp_path / "two").glob("progress*")) == ["progress-0-of-2.jsonl",
                                                                            "progress-1-of-2.jsonl"]
     one = read_jsonl(tmp_path / "one" / "realigned.jsonl")

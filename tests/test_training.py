@@ -4,9 +4,6 @@ resume, multi-process, and bad configurations caught before the first step."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -14,7 +11,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
-from conftest import make_model
+from conftest import launch, make_model
 from opsft.errors import DataError, OpsftError
 from opsft.models import load_model
 from opsft.rendering import to_trl_record
@@ -220,11 +217,7 @@ def test_two_processes_give_the_single_process_loss(model_dir, data_path, tmp_pa
               "solution", "--loss", "idft", "--max-steps", "2", "--logging-steps", "1", "--learning-rate", "3e-3",
               "--no-progress", "--seed", "0", "--limit", "8"]
     single = run_train(config(model_dir, data_path, tmp_path / "one", loss="idft", max_steps=2, limit=8))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
-    subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "-m", "opsft.cli", "train",
-                    *common, "--per-device-train-batch-size", "2", "--output-dir", str(tmp_path / "two")],
-                   check=True, env=env, capture_output=True, timeout=300)
+    launch(2, "train", *common, "--per-device-train-batch-size", "2", "--output-dir", str(tmp_path / "two"))
     two = json.loads((tmp_path / "two" / "train_summary.json").read_text())
     assert logged(two, "loss") == pytest.approx(logged(single, "loss"), rel=1e-4)
     assert logged(two, "num_tokens") == logged(single, "num_tokens")

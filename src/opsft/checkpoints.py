@@ -131,4 +131,5 @@ def _describe(paths: list[Path]) -> str:
 
 
 def _earlier_outputs(out: Path) -> list[Path]:
-    return [p for p in _checkpoints(out) + [out / name for name in OUTPUTS] if p.exists()]
+    shards = sorted(out.glob("reference_logprobs-*-of-*.jsonl"))  # its logs under `accelerate launch`
+    return [p for p in _checkpoints(out) + [out / name for name in OUTPUTS] + shards if p.exists()]

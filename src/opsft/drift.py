@@ -15,15 +15,16 @@ from __future__ import annotations
 import numpy as np
 
 from .generation import SamplingConfig, decoded_text, eos_token_ids, row_seed, sample
-from .resumable import ResultLog
+from .resumable import ShardedLog
 from .scoring import score_token_ids
 
 
 def sample_base(model, tokenizer, prompts: dict[int, list[int]], *, samples: int, max_new_tokens: int, seed: int,
-                batch_size: int, log: ResultLog) -> None:
-    """The base model's own samples (temperature 1, full distribution), appended to `log` per batch."""
+                batch_size: int, log: ShardedLog) -> None:
+    """The base model's own samples (temperature 1, full distribution) of this process's share (sample
+    number i * samples + j), appended to `log` per batch."""
     eos = eos_token_ids(model, tokenizer)
-    rows = [(i, j) for i in sorted(prompts) for j in range(samples) if i * samples + j not in log.done()]
+    rows = log.mine([(i, j) for i in sorted(prompts) for j in range(samples)], index=lambda r: r[0] * samples + r[1])
     config = SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=max_new_tokens)
     for first in range(0, len(rows), batch_size):
         chunk = rows[first:first + batch_size]

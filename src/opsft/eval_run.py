@@ -13,9 +13,12 @@ sets come from `--data` (one in-domain set) or a suite YAML file:
 Each set: k samples per problem (greedy when temperature is 0), every answer checked (the task's scorer
 for reasoning-gym, math-verify otherwise), per-problem outputs saved for auditing, accuracy (avg@k) and
 pass@k with 95 % intervals (evaluation.py). Drift (drift.py): phi_mean of the base model's own samples
-under the evaluated model. Resumable: finished problems are logged and never generated twice.
+under the evaluated model. Resumable: finished problems are logged and never generated twice. Under
+`accelerate launch` each process generates its share of every set and of the drift samples (index %
+processes, resumable.ShardedLog); the main process merges them, scores the drift samples and reports.
 
-Writes into `out`: sets/<name>/samples.jsonl (+ progress.jsonl), drift/ (base samples, scores),
+Writes into `out`: sets/<name>/samples.jsonl (+ progress.jsonl, or one progress-R-of-W.jsonl per process),
+drift/ (base samples, scores),
 eval_summary.json, eval_summary.md.
 """
 
@@ -37,7 +40,7 @@ from .generation import SamplingConfig
 from .options import REQUIRED, Options, option, read_yaml, typed
 from .models import adapter_base, load_model
 from .rendering import fitting_prompts, prompt_ids, use_prompt_format
-from .resumable import ResultLog
+from .resumable import ShardedLog
 
 GROUPS = ("in_domain", "out_of_domain")
 SET_OPTIONS = ("prompt_field", "completion_field", "messages_field", "answer_field", "limit", "k", "temperature",
@@ -224,9 +227,9 @@ def run_eval(config: EvalConfig) -> dict:
     model, tokenizer = load_model(config.model, adapter=config.adapter, device=config.device)
     has_messages = any(isinstance(e.prompt, list) for data in loaded.values() for e in data.examples)
     rendering = use_prompt_format(tokenizer, config.prompt_format, config.model, has_messages)
-    results = {}
-    for s in sets:
-        results[s.name] = _evaluate_set(s, loaded[s.name], model, tokenizer, config, out, rendering)
+    results = {s.name: _evaluate_set(s, loaded[s.name], model, tokenizer, config, out, rendering) for s in sets}
+    if None in results.values():  # not the main process of `accelerate launch`: the main one scores and reports
+        return {}
     drift = None
     if drift_set["data"]:
         drift = {"data": drift_set["data"], "base": drift_set["base"], **drift_input,
@@ -268,10 +271,12 @@ def _evaluate_set(s: EvalSet, data: LoadedData, model, tokenizer, config: EvalCo
     settings = {"model": config.model, "adapter": config.adapter, "prompt_format": rendering, "seed": config.seed,
                 "repeat_window": config.repeat_window, "repeat_count": config.repeat_count,
                 "set": asdict(s), "prompts": {str(i): p for i, p in prompts.items()}}
-    log = ResultLog(directory / "progress.jsonl", settings, overwrite=config.overwrite)
+    log = ShardedLog(directory, settings, overwrite=config.overwrite)
     sample_and_check(model, tokenizer, examples, prompts, s.sampling(config), k=s.k, seed=config.seed,
                      batch_size=config.batch_size, log=log, progress=config.progress, desc=f"eval {s.name}")
-    records = log.records()
+    records = log.merged()
+    if records is None:  # not the main process of `accelerate launch`: the main one writes the outputs
+        return None
     by_index = {e.index: e for e in examples}
     with (directory / "samples.jsonl").open("w") as f:
         for r in records:
@@ -305,15 +310,17 @@ def _base_samples(config: EvalConfig, drift: dict, out: Path):
     settings = {"base": base, "data": data, "limit": drift["limit"], "samples": config.drift_samples,
                 "max_new_tokens": config.drift_max_new_tokens, "seed": config.seed, "prompt_format": rendering,
                 "prompts": {str(i): p for i, p in prompts.items()}}
-    log = ResultLog(out / "drift" / "base_samples.jsonl", settings, overwrite=config.overwrite)
+    log = ShardedLog(out / "drift", settings, overwrite=config.overwrite, name="base_samples")
     sample_base(model, tokenizer, prompts, samples=config.drift_samples, max_new_tokens=config.drift_max_new_tokens,
                 seed=config.seed, batch_size=config.batch_size, log=log)
     del model
     gc.collect()
-    write_skipped(out / "drift" / "skipped.jsonl", skipped)
+    records = log.merged()  # None outside the main process, which alone scores the samples afterwards
+    if records is not None:
+        write_skipped(out / "drift" / "skipped.jsonl", skipped)
     read = {"rows_read": len(loaded.examples) + len(loaded.skipped), "prompts": len(prompts),
             "skipped": dict(Counter(e.reason for e in skipped))}
-    return prompts, log.records(), read
+    return prompts, records, read
 
 
 def _macro(results: dict, group: str) -> float | None:

@@ -21,7 +21,7 @@ from .answers import answer_matches, final_answer
 from .data import Example
 from .generation import SamplingConfig, decoded_text, eos_token_ids, row_seed, sample
 from .rendering import text_of
-from .resumable import ResultLog
+from .resumable import ShardedLog
 
 Z95 = 1.959963984540054  # the two-sided 95 % normal quantile
 
@@ -115,12 +115,13 @@ def reference_answer(example: Example) -> str:
 
 
 def sample_and_check(model, tokenizer, examples: Sequence[Example], prompts: dict[int, list[int]],
-                     sampling: SamplingConfig, *, k: int, seed: int, batch_size: int, log: ResultLog,
+                     sampling: SamplingConfig, *, k: int, seed: int, batch_size: int, log: ShardedLog,
                      progress: bool = True, desc: str = "sampling") -> None:
-    """Sample k answers to every example not yet in `log` and check each against the reference; each batch
-    is appended to the log as one record per example ({index, reference, samples: [...]})."""
+    """Sample k answers to every example of this process's share not yet in `log` and check each against the
+    reference; each batch is appended to the log as one record per example ({index, reference, samples}).
+    Each sample draws from its own generator (row_seed), so the shares and batches do not change a sample."""
     eos = eos_token_ids(model, tokenizer)
-    todo = [e for e in examples if e.index not in log.done()]
+    todo = log.mine(examples)
     per_batch = max(1, batch_size // k)
     with tqdm(total=len(todo), unit="problem", desc=desc, disable=not progress) as bar:
         for first in range(0, len(todo), per_batch):

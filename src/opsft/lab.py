@@ -16,6 +16,10 @@ Regimes (`--regimes`): the embedded study comes in two, set apart by how close t
 the model's own distribution (DDT): weak (phi_mean well below 0) and strong (phi_mean >= 0). Several regimes
 run one lab each and a report comparing them (which loss wins where).
 
+Under `accelerate launch` every stage uses every process: training is data-parallel on the same global batch
+(--batch-size examples, split over the processes), and generation and scoring are sharded by example
+(resumable.ShardedLog); the main process alone writes the lab's own files (processes.py).
+
 Profiles (`--profile`): tiny (a random 2-layer model, every stage in seconds: a plumbing check for CI),
 quick (the default: SmolLM2-135M with LoRA, three methods, one seed, the weak regime, about 15 minutes on a
 2-core CPU), full (every method, 3 seeds, both regimes, learning rates chosen, larger sets). Any option below
@@ -38,6 +42,7 @@ import yaml
 from .errors import OpsftError
 from .locking import LOCK_FILE
 from .options import Options, option
+from .processes import is_main_process, main_result, on_main, state
 
 METHODS = {  # method -> (loss, training data); any other loss@data pair works too (method_spec)
     "sft": ("sft", "raw"), "dft": ("dft", "raw"), "idft": ("idft", "raw"), "iwsft": ("iwsft", "raw"),
@@ -237,30 +242,49 @@ class Lab:
         # the test sets and drift prompts are checked now (that they exist), not after the first stages have run
         suite_sets(eval_suite(self.settings, self.settings["model"]), self.out / "data" / "suite.yaml",
                    label="the lab's test sets")
-        if config.overwrite and clear:
+        on_main(lambda: self.settle(config.overwrite and clear))
+        self.model = self.settings["model"]
+        processes = state().num_processes
+        if self.settings["batch_size"] % processes:
+            raise OpsftError(f"--batch-size {self.settings['batch_size']} does not split over {processes} processes: "
+                             f"give a multiple of {processes} (the global batch is the same whatever the count)")
+
+    def settle(self, clear: bool) -> None:
+        """(main process) The lab directory, checked against these settings and recorded."""
+        if clear:
             clear_lab(self.out)
         self.out.mkdir(parents=True, exist_ok=True)
         saved = self.out / "lab_config.json"
         if saved.exists() and json.loads(saved.read_text()) != json.loads(json.dumps(self.settings)):
             raise OpsftError(f"{self.out} holds a lab with other settings; use another --out or --overwrite")
         saved.write_text(json.dumps(self.settings, indent=2) + "\n")
-        self.model = self.settings["model"]
 
     # ---- bookkeeping ------------------------------------------------------------------------------
 
-    def stage(self, number: int, name: str, work) -> dict:
+    def stage(self, number: int, name: str, work, *, main_only: bool = False) -> dict:
+        """Run a stage once: its result is kept in stages/<number>-<name>.json and reused. Every process runs
+        `work` (the main one alone with `main_only`) and gets the main process's result."""
         marker, where = self.out / "stages" / f"{number}-{name}.json", f"[lab {self.regime}]"
-        if marker.exists():
-            print(f"{where} stage {number}/7 {name}: done earlier, reused", flush=True)
+        if on_main(marker.exists):
+            self.say(f"{where} stage {number}/7 {name}: done earlier, reused")
             return json.loads(marker.read_text())
-        print(f"{where} stage {number}/7 {name} ...", flush=True)
+        self.say(f"{where} stage {number}/7 {name} ...")
         started = time.perf_counter()
-        result = work() or {}
+        result = main_result((work() if is_main_process() or not main_only else None) or {})
         result["seconds"] = round(time.perf_counter() - started, 1)
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps(result, indent=2, default=str) + "\n")
-        print(f"{where} stage {number}/7 {name}: finished in {result['seconds']:.0f} s", flush=True)
-        return result
+
+        def write():
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(json.dumps(result, indent=2, default=str) + "\n")
+
+        on_main(write)
+        self.say(f"{where} stage {number}/7 {name}: finished in {result['seconds']:.0f} s")
+        return json.loads(json.dumps(result, default=str))  # as a rerun reads it back
+
+    @staticmethod
+    def say(text: str) -> None:
+        if is_main_process():
+            print(text, flush=True)
 
     def common(self) -> dict:
         return {"progress": self.config.progress}
@@ -302,14 +326,18 @@ class Lab:
     def evaluate(self, model: str, out: Path) -> dict:
         from .eval_run import EvalConfig, run_eval
 
-        s, base_drift = self.settings, self.out / "eval" / "base" / "drift" / "base_samples.jsonl"
-        drift_log = out / "drift" / "base_samples.jsonl"
-        if base_drift.exists() and not drift_log.exists() and out != base_drift.parent.parent:
-            drift_log.parent.mkdir(parents=True, exist_ok=True)  # the base's samples are the same for every model
-            shutil.copy(base_drift, drift_log)
-        return run_eval(EvalConfig(model=model, suite=self.data["suite"], out=str(out),
-                                   max_new_tokens=s["eval_max_new_tokens"], drift_limit=None,
-                                   drift_max_new_tokens=s["drift_max_new_tokens"], **self.common()))
+        s, base_drift = self.settings, self.out / "eval" / "base" / "drift"
+
+        def copy_base_samples():  # the base's samples are the same for every model: its logs (one per process)
+            if out != base_drift.parent and not (out / "drift").exists():
+                for log in base_drift.glob("base_samples*.jsonl"):
+                    (out / "drift").mkdir(parents=True, exist_ok=True)
+                    shutil.copy(log, out / "drift" / log.name)
+
+        on_main(copy_base_samples)
+        return main_result(run_eval(EvalConfig(model=model, suite=self.data["suite"], out=str(out),
+                                               max_new_tokens=s["eval_max_new_tokens"], drift_limit=None,
+                                               drift_max_new_tokens=s["drift_max_new_tokens"], **self.common())))
 
     def validate(self, model: str, out: Path) -> float:
         """Accuracy on the validation split (training problems held out in stage 1), greedy, as the tests are."""
@@ -318,28 +346,32 @@ class Lab:
         d = self.data
         answer = {"answer_field": "answer"} if self.settings["train_data"].startswith("gym:") else {}
         suite = out.parent / "validation_suite.yaml"
-        suite.parent.mkdir(parents=True, exist_ok=True)
-        suite.write_text(yaml.safe_dump({"in_domain": {"validation": {
-            "data": d["validation"], "prompt_field": d["prompt_field"], "completion_field": d["completion_field"],
-            **answer}}}))
-        return run_eval(EvalConfig(model=model, suite=str(suite), out=str(out), drift_limit=None,
-                                   max_new_tokens=self.settings["eval_max_new_tokens"],
-                                   **self.common()))["in_domain_accuracy"]
+
+        def write_suite():
+            suite.parent.mkdir(parents=True, exist_ok=True)
+            suite.write_text(yaml.safe_dump({"in_domain": {"validation": {
+                "data": d["validation"], "prompt_field": d["prompt_field"], "completion_field": d["completion_field"],
+                **answer}}}))
+
+        on_main(write_suite)
+        return main_result(run_eval(EvalConfig(model=model, suite=str(suite), out=str(out), drift_limit=None,
+                                               max_new_tokens=self.settings["eval_max_new_tokens"],
+                                               **self.common())))["in_domain_accuracy"]
 
     def score(self, data: str, out: str, fields: tuple[str | None, str | None]) -> dict:
         from .score_run import ScoreConfig, run_score
 
-        return run_score(ScoreConfig(model=self.model, data=data, out=out, prompt_field=fields[0],
-                                     completion_field=fields[1], **self.common()))
+        return main_result(run_score(ScoreConfig(model=self.model, data=data, out=out, prompt_field=fields[0],
+                                                 completion_field=fields[1], **self.common())))
 
     def realign(self) -> dict:
         from .realign_run import RealignConfig, run_realign
 
         s, d = self.settings, self.data
-        summary = run_realign(RealignConfig(
+        summary = main_result(run_realign(RealignConfig(
             model=self.model, data=d["train"], prompt_field=d["prompt_field"], completion_field=d["completion_field"],
             out=str(self.out / "realign"), max_new_tokens=s["realign_max_new_tokens"],
-            require_correct=s["realign_require_correct"], require_eos=s["realign_require_eos"], **self.common()))
+            require_correct=s["realign_require_correct"], require_eos=s["realign_require_eos"], **self.common())))
         result = {"kept": summary["kept"], "decoded": summary["decoded"], "dropped": summary["dropped"]}
         if summary["kept"]:
             result["score"] = self.score(str(self.out / "realign" / "realigned.jsonl"),
@@ -350,19 +382,19 @@ class Lab:
         from .prefs_run import PrefsConfig, run_prefs
 
         s, d = self.settings, self.data
-        return run_prefs(PrefsConfig(model=self.model, data=d["train"], prompt_field=d["prompt_field"],
-                                     completion_field=d["completion_field"], out=str(self.out / "prefs"),
-                                     k=s["prefs_k"], max_new_tokens=s["eval_max_new_tokens"], **self.common()))
+        return main_result(run_prefs(PrefsConfig(
+            model=self.model, data=d["train"], prompt_field=d["prompt_field"], completion_field=d["completion_field"],
+            out=str(self.out / "prefs"), k=s["prefs_k"], max_new_tokens=s["eval_max_new_tokens"], **self.common())))
 
     def rejection(self) -> dict:
         """The model's own correct answers to the training problems (never the test sets), and their DDT."""
         from .rejection_run import RejectionConfig, run_rejection
 
         s, d = self.settings, self.data
-        summary = run_rejection(RejectionConfig(
+        summary = main_result(run_rejection(RejectionConfig(
             model=self.model, data=d["train"], prompt_field=d["prompt_field"], completion_field=d["completion_field"],
             out=str(self.out / "rejection"), k=s["prefs_k"], max_new_tokens=s["eval_max_new_tokens"],
-            require_correct=s["rejection_require_correct"], **self.common()))
+            require_correct=s["rejection_require_correct"], **self.common())))
         if summary["kept"]:
             self.score(str(self.out / "rejection" / "rejection.jsonl"), str(self.out / "score" / "rejection"),
                        (None, None))
@@ -379,12 +411,12 @@ class Lab:
         if "realigned" in kinds and self.realigned.get("kept"):
             sets["realigned"] = (str(self.out / "realign" / "realigned.jsonl"), (None, None))
         if "rejection" in kinds:
-            if not (self.out / "rejection" / "summary.json").exists():
+            if not on_main((self.out / "rejection" / "summary.json").exists):
                 self.rejection()
             if json.loads((self.out / "rejection" / "summary.json").read_text())["kept"]:
                 sets["rejection"] = (str(self.out / "rejection" / "rejection.jsonl"), (None, None))
         if "prefs" in kinds:
-            if not (self.out / "prefs" / "summary.json").exists():
+            if not on_main((self.out / "prefs" / "summary.json").exists):
                 self.prefs()
             if json.loads((self.out / "prefs" / "summary.json").read_text())["pairs"]:
                 sets["prefs"] = (str(self.out / "prefs" / "prefs.jsonl"), (None, None))
@@ -411,12 +443,13 @@ class Lab:
         path, fields, tokens = sets[kind]
         steps = max(1, round(s["token_budget"] / (s["batch_size"] * tokens)))
         out = self.out / "runs" / name
-        if not (out / "train_summary.json").exists() or not (out / "final").exists():
-            print(f"[lab {self.regime}] training {name}: {steps} steps of {s['batch_size']} x ~{tokens:.0f} tokens"
-                  + (f", learning rate {learning_rate:g}" if learning_rate else ""), flush=True)
-            run_train(TrainConfig(
+        if not on_main(lambda: (out / "train_summary.json").exists() and (out / "final").exists()):
+            self.say(f"[lab {self.regime}] training {name}: {steps} steps of {s['batch_size']} x ~{tokens:.0f} tokens"
+                     + (f", learning rate {learning_rate:g}" if learning_rate else ""))
+            run_train(TrainConfig(  # the global batch split over the processes of `accelerate launch`
                 model=self.model, data=path, prompt_field=fields[0], completion_field=fields[1], loss=loss,
-                output_dir=str(out), max_steps=steps, per_device_train_batch_size=s["batch_size"],
+                output_dir=str(out), max_steps=steps,
+                per_device_train_batch_size=s["batch_size"] // state().num_processes,
                 lora=s["lora"], learning_rate=learning_rate, seed=seed, logging_steps=1,
                 save_steps=max(1, steps // 4), save_total_limit=1, resume=True, **self.common()))
         return {"method": method, "seed": seed, "dir": f"runs/{name}", "learning_rate": learning_rate,
@@ -465,10 +498,11 @@ class Lab:
                                        for name, r in runs.items() if "skipped" not in r}}
 
     def run(self) -> dict:
-        self.data = self.stage(1, "data", self.build_data)
+        self.data = self.stage(1, "data", self.build_data, main_only=True)
         self.model = self.data["model"]
         # written on every run, so that a lab cached by an older opsft evaluates with today's suite (drift included)
-        Path(self.data["suite"]).write_text(yaml.safe_dump(eval_suite(self.settings, self.model), sort_keys=False))
+        on_main(lambda: Path(self.data["suite"]).write_text(yaml.safe_dump(eval_suite(self.settings, self.model),
+                                                                           sort_keys=False)))
         d = self.data
         self.stage(2, "score", lambda: {"phi_mean": self.score(d["train"], str(self.out / "score" / "raw"),
                                                                (d["prompt_field"], d["completion_field"]))["phi_mean"]})
@@ -480,9 +514,10 @@ class Lab:
         self.stage(6, "eval", lambda: self.evaluate_all(self.runs))
         from .lab_report import write_report
 
-        report = self.stage(7, "report", lambda: write_report(self.out, self.settings, self.runs, self.selected))
-        print("\n" + (self.out / "report" / "results.md").read_text(), flush=True)
-        print(f"[lab {self.regime}] report: {self.out / 'report' / 'index.html'}", flush=True)
+        report = self.stage(7, "report", lambda: write_report(self.out, self.settings, self.runs, self.selected),
+                            main_only=True)
+        self.say("\n" + (self.out / "report" / "results.md").read_text())
+        self.say(f"[lab {self.regime}] report: {self.out / 'report' / 'index.html'}")
         return report
 
 
@@ -493,15 +528,16 @@ def run_lab(config: LabConfig) -> dict:
         return Lab(config, regimes[0]).run()
     out = Path(config.out)
     if config.overwrite:
-        clear_lab(out)
+        on_main(lambda: clear_lab(out))
     labs = [Lab(config, regime, out / regime, clear=False) for regime in regimes]  # every regime checked first
     for lab in labs:
         lab.run()
     from .lab_report import write_regimes_report
 
-    summary = write_regimes_report(out, [(lab.regime, lab.out, lab.settings, lab.runs) for lab in labs])
-    print("\n" + (out / "report" / "regimes.md").read_text(), flush=True)
-    print(f"[lab] regimes compared: {out / 'report' / 'index.html'}", flush=True)
+    summary = on_main(lambda: write_regimes_report(out, [(lab.regime, lab.out, lab.settings, lab.runs)
+                                                         for lab in labs]))
+    Lab.say("\n" + (out / "report" / "regimes.md").read_text())
+    Lab.say(f"[lab] regimes compared: {out / 'report' / 'index.html'}")
     return summary
 
 

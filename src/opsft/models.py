@@ -42,7 +42,16 @@ def cache_dir() -> Path:
 
 
 def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return process_device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def process_device(device: str | torch.device) -> torch.device:
+    """The device as given, except that a bare "cuda" under `accelerate launch` (LOCAL_RANK set) is this
+    process's own GPU, cuda:LOCAL_RANK, so that the processes of a sharded job do not all share GPU 0."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return device
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
@@ -92,7 +101,7 @@ def load_model(name: str, *, adapter: str | None = None, device: str | torch.dev
         if not same_model(base, name):
             raise OpsftError(f"adapter '{adapter}' was trained on base model '{base}', not '{name}'; "
                              f"pass --model {base}")
-    device = torch.device(device) if device is not None else default_device()
+    device = process_device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
     path = resolve_model(name)
     if Path(path).is_dir():

@@ -6,7 +6,6 @@ prompt, logged as they are made (a rerun resumes), from which `opsft prefs` buil
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from .data import Example, LoadedData, load_examples
 from .errors import DataError, nothing_left
@@ -15,7 +14,7 @@ from .generation import SamplingConfig
 from .models import load_model
 from .options import REQUIRED, Options, option
 from .rendering import fitting_prompts, prompt_ids, use_prompt_format
-from .resumable import ResultLog
+from .resumable import ShardedLog
 
 # options that change where or how a run reports, or what is made from the samples, not the samples
 NOT_SAMPLING = ("out", "batch_size", "device", "overwrite", "progress", "max_length")
@@ -54,12 +53,14 @@ class OwnSamples:
     data: LoadedData
     examples: dict[int, Example]  # by index: every row read that was loaded
     rendering: str  # how message prompts were rendered: chat or plain
-    records: list[dict]  # one per prompt sampled, in index order: {index, reference, samples: [...]}
+    records: list[dict] | None  # one per prompt sampled, in index order: {index, reference, samples: [...]};
+    # None in the processes of `accelerate launch` other than the main one (which has them all)
     skipped: list[DataError]  # rows left out, loading and prompt length together
 
 
 def own_samples(config: SamplingOptions, *, not_sampling: tuple[str, ...] = ()) -> OwnSamples:
-    """Sample and check config.k answers per prompt into out/progress.jsonl (resuming what it holds). The log
+    """Sample and check config.k answers per prompt into out/progress.jsonl (resuming what it holds; under
+    `accelerate launch` each process samples its share into its own log, resumable.ShardedLog). The log
     records every option but those in NOT_SAMPLING and `not_sampling` (what the command makes of the
     samples), plus the rendered prompts: a rerun with other sampling settings is refused."""
     data = load_examples(config.data, prompt_field=config.prompt_field, completion_field=config.completion_field,
@@ -76,12 +77,11 @@ def own_samples(config: SamplingOptions, *, not_sampling: tuple[str, ...] = ()) 
     if not examples:
         raise nothing_left(config.data, "prompt left to sample", skipped)
     settings = {k: v for k, v in asdict(config).items() if k not in NOT_SAMPLING + not_sampling}
-    log = ResultLog(Path(config.out) / "progress.jsonl", {**settings, "prompt_format": rendering,
-                                                          "prompts": {str(i): p for i, p in prompts.items()}},
-                    overwrite=config.overwrite)
+    log = ShardedLog(config.out, {**settings, "prompt_format": rendering,
+                                  "prompts": {str(i): p for i, p in prompts.items()}}, overwrite=config.overwrite)
     sampling = SamplingConfig(temperature=config.temperature, top_p=config.top_p,
                               max_new_tokens=config.max_new_tokens, repeat_window=config.repeat_window,
                               repeat_count=config.repeat_count)
     sample_and_check(model, tokenizer, examples, prompts, sampling, k=config.k, seed=config.seed,
                      batch_size=config.batch_size, log=log, progress=config.progress, desc="sampling")
-    return OwnSamples(data, {e.index: e for e in data.examples}, rendering, log.records(), skipped)
+    return OwnSamples(data, {e.index: e for e in data.examples}, rendering, log.merged(), skipped)

@@ -55,6 +55,8 @@ def make_pairs(samples: list[dict], reference: str, rule: str, max_pairs: int) -
 
 def run_prefs(config: PrefsConfig) -> dict:
     own = own_samples(config, not_sampling=("chosen", "pairs_per_prompt"))
+    if own.records is None:  # not the main process of `accelerate launch`: the main one writes the outputs
+        return {}
     out, rendering, skipped, records, data = Path(config.out), own.rendering, own.skipped, own.records, own.data
     pairs, unusable = [], Counter()
     for record in records:

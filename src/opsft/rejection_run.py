@@ -60,6 +60,8 @@ def keep_correct(samples: list[dict], per_problem: int, require_correct: bool = 
 
 def run_rejection(config: RejectionConfig) -> dict:
     own = own_samples(config, not_sampling=("per_problem", "require_correct"))
+    if own.records is None:  # not the main process of `accelerate launch`: the main one writes the outputs
+        return {}
     out, rows, dropped, unanswered = Path(config.out), [], Counter(), 0
     for record in own.records:
         example = own.examples[record["index"]]

@@ -93,10 +93,9 @@ class ShardedLog:
 
     def __init__(self, directory: str | Path, settings: dict[str, Any], *, overwrite: bool = False,
                  name: str = "progress"):
-        import torch
-        from accelerate import PartialState
+        from .processes import state
 
-        self.state = PartialState(cpu=not torch.cuda.is_available())  # CPU-only: gloo across processes
+        self.state = state()
         self.rank, self.world = self.state.process_index, self.state.num_processes
         self.directory, self.settings, self.name = Path(directory), settings, name
         if self.state.is_main_process:
@@ -130,10 +129,11 @@ class ShardedLog:
     def append(self, records: list[dict]) -> None:
         self.log.append(records)
 
-    def merged(self) -> list[dict] | None:
-        """Every process's records in index order, on the main process once all have finished; None elsewhere."""
+    def merged(self, *, on_every_process: bool = False) -> list[dict] | None:
+        """Every process's records in index order, once all have finished: on the main process only (None
+        elsewhere), or on every process."""
         self.state.wait_for_everyone()
-        if not self.state.is_main_process:
+        if not (self.state.is_main_process or on_every_process):
             return None
         merged: dict[int, dict] = {}
         for path in self._paths():

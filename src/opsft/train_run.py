@@ -27,7 +27,7 @@ from .losses import METHODS, LossConfig
 from .models import default_device
 from .options import REQUIRED, option
 from .rendering import fingerprint
-from .resumable import ResultLog
+from .resumable import ShardedLog
 from .scoring import token_logprobs
 from .training import FamilyCollator, FamilySFTTrainer, build_train_dataset
 
@@ -224,8 +224,10 @@ def train_and_save(trainer, run: TrainingRun, config: TrainConfig, tokenizer, *,
     trainer.add_callback(progress)
     trainer.train(resume_from_checkpoint=run.resume_from)
     seconds = progress.this_run()
-    trainer.save_model(str(out / "final"))
-    tokenizer.save_pretrained(str(out / "final"))
+    trainer.save_model(str(out / "final"))  # the main process writes; under `accelerate launch` the others wait
+    main = trainer.is_world_process_zero()
+    if main:
+        tokenizer.save_pretrained(str(out / "final"))
 
     history = trainer.state.log_history
     logged_tokens = [h["num_tokens"] for h in history if "num_tokens" in h]
@@ -248,10 +250,12 @@ def train_and_save(trainer, run: TrainingRun, config: TrainConfig, tokenizer, *,
         "resumed_from": run.resume_from,
         "log_history": history,
     }
-    write_skipped(out / "skipped.jsonl", skipped)
-    (out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    if main:
+        write_skipped(out / "skipped.jsonl", skipped)
+        (out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    trainer.accelerator.wait_for_everyone()  # every file written before any process goes on to read them
     losses = [h["loss"] for h in history if "loss" in h]
-    if losses:
+    if losses and main:
         print(f"\nopsft train: {config.loss}, {trainer.state.global_step} steps, loss {losses[0]:.4f} -> "
               f"{losses[-1]:.4f}; model in {out / 'final'}", flush=True)
     return summary
@@ -289,12 +293,14 @@ def _reference_from_field(config, tokenized, rows) -> dict[int, list[float]]:
 
 
 def _precompute_reference(config, model, tokenized, out: Path) -> dict[int, list[float]]:
-    """log p_ref(y_t) of every completion token under the initial model, once; resumable."""
-    log = ResultLog(out / "reference_logprobs.jsonl", {"model": config.model, "inputs_sha256": fingerprint(tokenized)})
-    todo = [t for t in tokenized if t.index not in log.done()]
+    """log p_ref(y_t) of every completion token under the initial model, once; resumable. Under `accelerate
+    launch` each process computes its share (resumable.ShardedLog), and every process then reads them all."""
+    log = ShardedLog(out, {"model": config.model, "inputs_sha256": fingerprint(tokenized)},
+                     name="reference_logprobs")
+    todo = log.mine(tokenized)
     batch = config.per_device_train_batch_size
     for first in range(0, len(todo), batch):
         chunk = todo[first:first + batch]
         values = token_logprobs(model, [(t.input_ids, t.completion_start) for t in chunk], batch_size=batch)
         log.append([{"index": t.index, "log_probs": v.tolist()} for t, v in zip(chunk, values)])
-    return {r["index"]: r["log_probs"] for r in log.records()}
+    return {r["index"]: r["log_probs"] for r in log.merged(on_every_process=True)}
