@@ -4,12 +4,15 @@ full-logits cross-entropy). Same model, token batch, optimiser and settings.
 
     python benchmarks/bench_peer_step.py --model tiny             # a 2-layer Llama built here: seconds
     python benchmarks/bench_peer_step.py --model smollm2-135m     # the real model: minutes on a CPU
+    python benchmarks/bench_peer_step.py --model DIR --device cuda  # on a GPU, all three in bf16 (gpu_check.py)
 
 Full fine-tuning in fp32 without activation checkpointing (TRL's SFTConfig defaults to bf16 and checkpointing; both
 are turned off for it, as opsft has them on a CPU), AdamW at a constant learning rate of 1e-5, gradient clipping
 at 1.0, one micro-batch of --examples gsm_symbolic problems (seed 0), prompts masked out of the loss. Each variant
 times --steps optimiser steps after one warm-up step (from just before the forward pass to just after the optimiser
 step; data loading excluded) and reports the median. Prints a markdown table: seconds per step and the ratios.
+On a GPU (--device cuda) the weights are bf16 in all three (opsft --bf16, TRL bf16, the plain model cast), and each
+step is timed to a CUDA synchronisation.
 """
 
 from __future__ import annotations
@@ -32,17 +35,20 @@ def main() -> None:
     parser.add_argument("--model", default="tiny", help="tiny, or a model opsft loads (e.g. smollm2-135m)")
     parser.add_argument("--examples", type=int, default=4)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per variant (after one warm-up)")
+    parser.add_argument("--device", default="cpu", help="cpu (fp32) or cuda (bf16)")
+    parser.add_argument("--json", action="store_true", help="also print the results as one JSON line, last")
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # one variant, in this process
     args = parser.parse_args()
     if args.variant:
-        print(json.dumps(run_variant(args.variant, args.model, args.examples, args.steps)))
+        print(json.dumps(run_variant(args.variant, args.model, args.examples, args.steps, args.device)))
         return
     with tempfile.TemporaryDirectory() as tmp:
         model = build_tiny(Path(tmp), args.examples) if args.model == "tiny" else args.model
         results = {}
         for variant in VARIANTS:
             out = subprocess.run([sys.executable, __file__, "--variant", variant, "--model", str(model),
-                                  "--examples", str(args.examples), "--steps", str(args.steps)],
+                                  "--examples", str(args.examples), "--steps", str(args.steps), "--device",
+                                  args.device],
                                  capture_output=True, text=True, check=True).stdout
             results[variant] = json.loads(out.strip().splitlines()[-1])
     tokens = results["plain"]["tokens"]
@@ -52,6 +58,8 @@ def main() -> None:
         seconds = results[variant]["seconds"]
         print(f"| {variant} | {seconds:.4f} | {seconds / results['trl']['seconds']:.2f} | "
               f"{seconds / results['plain']['seconds']:.2f} |")
+    if args.json:
+        print(json.dumps({**results, "tokens": tokens, "device": args.device}))
 
 
 def build_tiny(directory: Path, examples: int) -> Path:
@@ -62,12 +70,14 @@ def build_tiny(directory: Path, examples: int) -> Path:
     return build_tiny_model(directory / "tiny", texts * 20)
 
 
-def tokenized(model: str, examples: int):
+def tokenized(model: str, examples: int, device: str = "cpu"):
+    import torch
+
     from opsft.data import load_examples
     from opsft.models import load_model
     from opsft.rendering import tokenize_dataset
 
-    loaded, tokenizer = load_model(model, device="cpu", dtype=None)
+    loaded, tokenizer = load_model(model, device=device, dtype=torch.float32 if device == "cpu" else torch.bfloat16)
     data = load_examples(DATA.format(n=examples))
     rows, _ = tokenize_dataset(data.examples, tokenizer, max_length=1024, skip_invalid=False,
                                source=DATA.format(n=examples))
@@ -87,12 +97,20 @@ class StepTimer:
                 timer.started = time.perf_counter()
 
             def on_step_end(self, args, state, control, **kwargs):
+                synchronize()
                 timer.seconds.append(time.perf_counter() - timer.started)
 
         self.seconds, self.callback = [], Callback()
 
 
-def run_variant(variant: str, model: str, examples: int, steps: int) -> dict:
+def synchronize() -> None:
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def run_variant(variant: str, model: str, examples: int, steps: int, device: str = "cpu") -> dict:
     import torch
 
     torch.manual_seed(0)
@@ -103,24 +121,25 @@ def run_variant(variant: str, model: str, examples: int, steps: int) -> dict:
         from opsft.train_run import TrainConfig, run_train
 
         run_train(TrainConfig(model=model, data=DATA.format(n=examples), loss="sft", output_dir=out, progress=False,
-                              **common), callbacks=[timer.callback])
+                              device=device, bf16=device != "cpu", **common), callbacks=[timer.callback])
         seconds = timer.seconds
     elif variant == "trl":
         from datasets import Dataset
         from trl import SFTConfig, SFTTrainer
 
-        loaded, tokenizer, rows = tokenized(model, examples)
+        loaded, tokenizer, rows = tokenized(model, examples, device)
         dataset = Dataset.from_list([{"input_ids": r.input_ids, "completion_mask": [0] * r.completion_start + [1] * (
             len(r.input_ids) - r.completion_start)} for r in rows])
-        arguments = SFTConfig(output_dir=out, report_to="none", use_cpu=True, disable_tqdm=True, max_length=1024,
-                              completion_only_loss=True, bf16=False, activation_checkpointing=False,  # as opsft's
+        arguments = SFTConfig(output_dir=out, report_to="none", use_cpu=device == "cpu", disable_tqdm=True,
+                              max_length=1024, completion_only_loss=True, bf16=device != "cpu",
+                              activation_checkpointing=False,  # as opsft's
                               **common)
         trainer = SFTTrainer(model=loaded, processing_class=tokenizer, train_dataset=dataset,
                              callbacks=[timer.callback], args=arguments)
         trainer.train()
         seconds = timer.seconds
     else:
-        loaded, tokenizer, rows = tokenized(model, examples)
+        loaded, tokenizer, rows = tokenized(model, examples, device)
         width = max(len(r.input_ids) for r in rows)
         input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
         labels = torch.full((len(rows), width), -100, dtype=torch.long)
@@ -136,11 +155,13 @@ def run_variant(variant: str, model: str, examples: int, steps: int) -> dict:
         seconds = []
         for _ in range(steps + 1):
             started = time.perf_counter()
-            loss = loaded(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+            loss = loaded(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                          labels=labels.to(device)).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(loaded.parameters(), 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            synchronize()
             seconds.append(time.perf_counter() - started)
     return {"seconds": statistics.median(seconds[1:]), "all": seconds, "tokens": tokens}
 

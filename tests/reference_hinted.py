@@ -30,8 +30,8 @@ def reference_decode(model, hinted, plain, c: HintedDecodingConfig, tokenizer, e
     log_vocab = math.log(model.config.vocab_size)
     for step in range(c.max_new_tokens):
         with torch.no_grad():
-            log_h = F.log_softmax(model(torch.tensor([hinted + out])).logits[0, -1].double(), -1)
-            log_q = F.log_softmax(model(torch.tensor([plain + out])).logits[0, -1].double(), -1)
+            log_h = F.log_softmax(model(torch.tensor([hinted + out], device=model.device)).logits[0, -1].double(), -1)
+            log_q = F.log_softmax(model(torch.tensor([plain + out], device=model.device)).logits[0, -1].double(), -1)
         lam = reference_lambda((-(log_h.exp() * log_h).sum() / log_vocab).item(), c)
         if handover is not None:
             lam = 1.0

@@ -1,7 +1,10 @@
 """The bf16 path every GPU user takes, run here on the CPU with tiny models: DDT phi, greedy sampling, Hinted
 Decoding and `opsft train --bf16` with the model's weights in bf16, each against the same computation in fp32 or a
 slow reference on the same bf16 model. Tolerances are stated where they are set; bf16 keeps 8 bits of mantissa
-(relative round-off 2^-8 = 0.4 %), so results agree to that order, not to fp32's."""
+(relative round-off 2^-8 = 0.4 %), so results agree to that order, not to fp32's.
+
+Each test also runs on the accelerator (conftest.DEVICES: marked `gpu`, run by benchmarks/gpu_check.py), with the
+same tolerances: there the matrix products are the GPU's own bf16 kernels, which is what the check is for."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_model
+from conftest import DEVICES, make_model
 from reference_hinted import EOS, reference_decode
 from test_ddt import random_sequences, reference_phi
 from test_hinted import MODES, prompts
@@ -28,36 +31,39 @@ def ordinary_model(tokenizer):
     return make_model(len(tokenizer), init=0.02)
 
 
-def test_phi_of_a_bf16_model(ordinary_model):
+@pytest.mark.parametrize("device", DEVICES)
+def test_phi_of_a_bf16_model(ordinary_model, device):
     """The scorer on a bf16 model is within 3e-3 nats of float64 maths on that model's own bf16 logits (its own
     arithmetic adds little: measured 9e-4), and within 5e-3 of the fp32 model (the weights' round-off: 2e-3)."""
-    bf16 = copy.deepcopy(ordinary_model).to(torch.bfloat16)
+    bf16 = copy.deepcopy(ordinary_model).to(device, torch.bfloat16)
     sequences = random_sequences(ordinary_model.config.vocab_size, [12, 30, 5], [4, 10, 1])
     got = score_token_ids(bf16, sequences, temperature=1.0, batch_size=3)
-    fp32 = score_token_ids(ordinary_model, sequences, temperature=1.0, batch_size=3)
+    fp32 = score_token_ids(copy.deepcopy(ordinary_model).to(device), sequences, temperature=1.0, batch_size=3)
     for (ids, start), phi, phi32 in zip(sequences, got, fp32):
         assert phi.dtype == np.float64 and np.isfinite(phi).all()
         np.testing.assert_allclose(phi, reference_phi(bf16, ids, start, 1.0), rtol=0, atol=3e-3)
         np.testing.assert_allclose(phi, phi32, rtol=0, atol=5e-3)
 
 
-def test_greedy_sampling_of_a_bf16_model_is_its_own_generate(tokenizer):
-    model = make_model(len(tokenizer), seed=3).to(torch.bfloat16)
+@pytest.mark.parametrize("device", DEVICES)
+def test_greedy_sampling_of_a_bf16_model_is_its_own_generate(tokenizer, device):
+    model = make_model(len(tokenizer), seed=3).to(device, torch.bfloat16)
     hinted, _ = prompts(tokenizer)
     got = sample(model, hinted, SamplingConfig(temperature=0.0, max_new_tokens=20), eos_token_ids={EOS},
                  pad_token_id=0)
     for prompt, result in zip(hinted, got):
-        expected = model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=20, eos_token_id=EOS,
+        expected = model.generate(torch.tensor([prompt], device=device), do_sample=False, max_new_tokens=20, eos_token_id=EOS,
                                   pad_token_id=0)[0, len(prompt):].tolist()
         assert result.tokens == expected
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode", ["linear", "piecewise"])
-def test_hinted_decoding_of_a_bf16_model_follows_the_reference(tokenizer, mode):
+def test_hinted_decoding_of_a_bf16_model_follows_the_reference(tokenizer, mode, device):
     """Batched and cached against one example at a time with no cache, both on the bf16 model: the same tokens,
     and the mixing weights lambda within 1e-2 (measured: 5e-3). The sigmoid mode at beta 12 is left out: its
     steep lambda turns bf16 round-off between the two paths into another token on one row of three."""
-    model = make_model(len(tokenizer), seed=3).to(torch.bfloat16)
+    model = make_model(len(tokenizer), seed=3).to(device, torch.bfloat16)
     hinted, plain = prompts(tokenizer)
     config = MODES[mode]
     for h, q, result in zip(hinted, plain, hinted_decode(model, hinted, plain, config, eos_token_ids={EOS},
@@ -77,15 +83,16 @@ def training_inputs(tmp_path_factory, tokenizer):
     return path / "model", str(path / "train.jsonl")
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("loss", ["sft", "idft", "iwsft", "asft"])
-def test_training_in_bf16(training_inputs, tmp_path, loss):
+def test_training_in_bf16(training_inputs, tmp_path, loss, device):
     """`opsft train --bf16`: weights in bf16 and bf16 mixed precision (what a GPU run does), two steps. Each
     logged loss is within 2 % of the fp32 run's (measured: 0.7 % at most, IDFT's second step) and the saved model
     is bf16."""
     from opsft.train_run import run_train
 
-    fp32 = run_train(config(*training_inputs, tmp_path / "fp32", loss=loss, max_steps=2))
-    bf16 = run_train(config(*training_inputs, tmp_path / "bf16", loss=loss, max_steps=2, bf16=True))
+    fp32 = run_train(config(*training_inputs, tmp_path / "fp32", loss=loss, max_steps=2, device=device, bf16=False))
+    bf16 = run_train(config(*training_inputs, tmp_path / "bf16", loss=loss, max_steps=2, device=device, bf16=True))
     assert logged(bf16, "loss") == pytest.approx(logged(fp32, "loss"), rel=2e-2)
     assert all(np.isfinite(logged(bf16, key)).all() for key in ("loss", "grad_norm"))
     assert json.loads((tmp_path / "bf16" / "final" / "config.json").read_text())["dtype"] == "bfloat16"

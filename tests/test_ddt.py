@@ -16,7 +16,7 @@ from opsft.scoring import score_token_ids
 
 def reference_phi(model, ids: list[int], start: int, temperature: float) -> np.ndarray:
     with torch.no_grad():
-        logits = model(torch.tensor([ids])).logits[0].double() / temperature
+        logits = model(torch.tensor([ids], device=model.device)).logits[0].double().cpu() / temperature
     log_p = F.log_softmax(logits, dim=-1)
     entropy = -(log_p.exp() * log_p).sum(-1)
     return np.array([(log_p[t - 1, ids[t]] + entropy[t - 1]).item() for t in range(start, len(ids))])
