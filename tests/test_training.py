@@ -211,15 +211,22 @@ def test_checkpoints_not_written_by_opsft_are_not_resumed(model_dir, data_path, 
     assert not (tmp_path / "checkpoint-7").exists()
 
 
-def test_two_processes_give_the_single_process_loss(model_dir, data_path, tmp_path):
-    """`accelerate launch` with 2 CPU processes (gloo) on the same global batch as one process."""
+@pytest.mark.parametrize("loss", ["idft", "iwsft"])
+def test_two_processes_give_the_single_process_loss(model_dir, data_path, tmp_path, loss):
+    """`accelerate launch` with 2 CPU processes (gloo) on the same global batch as one process. iw-SFT's reference
+    pass (precomputed before training) is sharded too: each process logs its share, every process reads all."""
     common = ["--model", str(model_dir), "--data", data_path, "--prompt-field", "question", "--completion-field",
-              "solution", "--loss", "idft", "--max-steps", "2", "--logging-steps", "1", "--learning-rate", "3e-3",
+              "solution", "--loss", loss, "--max-steps", "2", "--logging-steps", "1", "--learning-rate", "3e-3",
               "--no-progress", "--seed", "0", "--limit", "8"]
-    single = run_train(config(model_dir, data_path, tmp_path / "one", loss="idft", max_steps=2, limit=8))
+    single = run_train(config(model_dir, data_path, tmp_path / "one", loss=loss, max_steps=2, limit=8))
     launch(2, "train", *common, "--per-device-train-batch-size", "2", "--output-dir", str(tmp_path / "two"))
     two = json.loads((tmp_path / "two" / "train_summary.json").read_text())
     assert logged(two, "loss") == pytest.approx(logged(single, "loss"), rel=1e-4)
+    if loss == "iwsft":
+        shards = sorted(p.name for p in (tmp_path / "two").glob("reference_logprobs*.jsonl"))
+        assert shards == ["reference_logprobs-0-of-2.jsonl", "reference_logprobs-1-of-2.jsonl"]
+        weights = logged(single, "iwsft/sequence_weight_mean")
+        assert weights and logged(two, "iwsft/sequence_weight_mean") == pytest.approx(weights, rel=1e-4)
     assert logged(two, "num_tokens") == logged(single, "num_tokens")
 
 
