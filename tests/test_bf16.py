@@ -52,8 +52,8 @@ def test_greedy_sampling_of_a_bf16_model_is_its_own_generate(tokenizer, device):
     got = sample(model, hinted, SamplingConfig(temperature=0.0, max_new_tokens=20), eos_token_ids={EOS},
                  pad_token_id=0)
     for prompt, result in zip(hinted, got):
-        expected = model.generate(torch.tensor([prompt], device=device), do_sample=False, max_new_tokens=20, eos_token_id=EOS,
-                                  pad_token_id=0)[0, len(prompt):].tolist()
+        expected = model.generate(torch.tensor([prompt], device=device), do_sample=False, max_new_tokens=20,
+                                  eos_token_id=EOS, pad_token_id=0)[0, len(prompt):].tolist()
         assert result.tokens == expected
 
 
