@@ -1,6 +1,7 @@
-"""One SFT training step three ways, each in a fresh process: opsft's (`opsft train --loss sft`: TRL's trainer with
-our loss on TRL's fused LM head), TRL's own SFTTrainer, and a plain transformers step (labels -> the model's
-full-logits cross-entropy). Same model, token batch, optimiser and settings.
+"""One SFT training step four ways, each in a fresh process: opsft's (`opsft train --loss sft`: TRL's trainer with
+our loss, at its defaults: on a CPU the statistics come from the model's logits, lm_head.py), opsft's through TRL's
+fused LM head (`--logits-memory-mb 0`, what it does on CUDA), TRL's own SFTTrainer, and a plain transformers step
+(labels -> the model's full-logits cross-entropy). Same model, token batch, optimiser and settings.
 
     python benchmarks/bench_peer_step.py --model tiny             # a 2-layer Llama built here: seconds
     python benchmarks/bench_peer_step.py --model smollm2-135m     # the real model: minutes on a CPU
@@ -10,9 +11,10 @@ Full fine-tuning in fp32 without activation checkpointing (TRL's SFTConfig defau
 are turned off for it, as opsft has them on a CPU), AdamW at a constant learning rate of 1e-5, gradient clipping
 at 1.0, one micro-batch of --examples gsm_symbolic problems (seed 0), prompts masked out of the loss. Each variant
 times --steps optimiser steps after one warm-up step (from just before the forward pass to just after the optimiser
-step; data loading excluded) and reports the median. Prints a markdown table: seconds per step and the ratios.
-On a GPU (--device cuda) the weights are bf16 in all three (opsft --bf16, TRL bf16, the plain model cast), and each
-step is timed to a CUDA synchronisation.
+step; data loading excluded) and reports the median; --rounds R repeats the whole sequence of variants R times and
+reports the median over rounds (the machine's slow and fast spells then fall on every variant). Prints a markdown
+table: seconds per step and the ratios. On a GPU (--device cuda) the weights are bf16 in every variant (opsft --bf16,
+TRL bf16, the plain model cast), and each step is timed to a CUDA synchronisation.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-VARIANTS = ("opsft", "trl", "plain")
+VARIANTS = ("opsft", "opsft_fused", "trl", "plain")
 DATA = "gym:gsm_symbolic?size={n}&seed=0"
 
 
@@ -35,7 +37,10 @@ def main() -> None:
     parser.add_argument("--model", default="tiny", help="tiny, or a model opsft loads (e.g. smollm2-135m)")
     parser.add_argument("--examples", type=int, default=4)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per variant (after one warm-up)")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of all variants, one after another")
     parser.add_argument("--device", default="cpu", help="cpu (fp32) or cuda (bf16)")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
+                        help="which steps (trl and plain always run: they are the baselines)")
     parser.add_argument("--json", action="store_true", help="also print the results as one JSON line, last")
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # one variant, in this process
     args = parser.parse_args()
@@ -44,20 +49,29 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         model = build_tiny(Path(tmp), args.examples) if args.model == "tiny" else args.model
-        results = {}
-        for variant in VARIANTS:
-            out = subprocess.run([sys.executable, __file__, "--variant", variant, "--model", str(model),
-                                  "--examples", str(args.examples), "--steps", str(args.steps), "--device",
-                                  args.device],
-                                 capture_output=True, text=True, check=True).stdout
-            results[variant] = json.loads(out.strip().splitlines()[-1])
-    tokens = results["plain"]["tokens"]
-    print(f"model {args.model}; {args.examples} examples, {tokens} tokens a step; median of {args.steps} steps\n")
-    print("| step | s / step | × TRL | × plain |\n|---|---|---|---|")
-    for variant in VARIANTS:
-        seconds = results[variant]["seconds"]
-        print(f"| {variant} | {seconds:.4f} | {seconds / results['trl']['seconds']:.2f} | "
-              f"{seconds / results['plain']['seconds']:.2f} |")
+        variants = [v for v in VARIANTS if v in args.variants or v in ("trl", "plain")]
+        rounds = []  # each round runs every variant once, in turn, so that a slow spell of the machine hits all
+        for _ in range(args.rounds):
+            rounds.append({})
+            for variant in variants:
+                out = subprocess.run([sys.executable, __file__, "--variant", variant, "--model", str(model),
+                                      "--examples", str(args.examples), "--steps", str(args.steps), "--device",
+                                      args.device],
+                                     capture_output=True, text=True, check=True).stdout
+                rounds[-1][variant] = json.loads(out.strip().splitlines()[-1])
+    tokens = rounds[0]["plain"]["tokens"]
+    results = {v: {"seconds": statistics.median(r[v]["seconds"] for r in rounds),
+                   "rounds": [r[v]["seconds"] for r in rounds],
+                   "x_trl": statistics.median(r[v]["seconds"] / r["trl"]["seconds"] for r in rounds),
+                   "x_plain": statistics.median(r[v]["seconds"] / r["plain"]["seconds"] for r in rounds)}
+               for v in variants}
+    print(f"model {args.model}; {args.examples} examples, {tokens} tokens a step; median of {args.steps} steps in "
+          f"each of {args.rounds} round(s); ratios: median over rounds of the round's ratio\n")
+    print("| step | s / step | × TRL | × plain | s / step in each round |\n|---|---|---|---|---|")
+    for variant in variants:
+        r = results[variant]
+        print(f"| {variant} | {r['seconds']:.4f} | {r['x_trl']:.2f} | {r['x_plain']:.2f} | "
+              f"{', '.join(f'{x:.4f}' for x in r['rounds'])} |")
     if args.json:
         print(json.dumps({**results, "tokens": tokens, "device": args.device}))
 
@@ -117,11 +131,12 @@ def run_variant(variant: str, model: str, examples: int, steps: int, device: str
     common = dict(max_steps=steps + 1, per_device_train_batch_size=examples, learning_rate=1e-5,
                   lr_scheduler_type="constant", max_grad_norm=1.0, seed=0, logging_steps=1, save_steps=10_000)
     timer, out, tokens = StepTimer(), tempfile.mkdtemp(), None
-    if variant == "opsft":
+    if variant in ("opsft", "opsft_fused"):
         from opsft.train_run import TrainConfig, run_train
 
         run_train(TrainConfig(model=model, data=DATA.format(n=examples), loss="sft", output_dir=out, progress=False,
-                              device=device, bf16=device != "cpu", **common), callbacks=[timer.callback])
+                              device=device, bf16=device != "cpu", logits_memory_mb=0 if variant == "opsft_fused"
+                              else None, **common), callbacks=[timer.callback])
         seconds = timer.seconds
     elif variant == "trl":
         from datasets import Dataset

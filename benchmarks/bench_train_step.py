@@ -75,7 +75,8 @@ def methods_child(model_name: str, method: str, steps: int) -> dict:
     args = SFTConfig(output_dir="/tmp/opsft-bench", report_to=[], use_cpu=True, bf16=False, max_steps=100,
                      per_device_train_batch_size=batch_size, disable_tqdm=True)
     trainer = FamilySFTTrainer(model=model, args=args, processing_class=tokenizer, train_dataset=dataset,
-                               data_collator=collator, loss_config=LossConfig(loss=method))
+                               data_collator=collator, loss_config=LossConfig(loss=method),
+                               logits_memory_mb=0)  # TRL's fused head, whatever the device: what the losses add
     trainer.state.max_steps = 100
     trainer.current_gradient_accumulation_steps = 1  # set by the training loop in a real run
     batch = collator([dataset[i] for i in range(len(dataset))])

@@ -9,7 +9,8 @@ Parts, each in its own process (a failing part is reported, the others still run
   scorer    DDT scorer against the naive full-logits computation at vocabulary 152,064: time and peak GPU memory,
             bf16 and fp32 (opsft: the backbone, then TRL's chunked LM head on completion positions only)
   losses    a training step (forward, the family's weights, backward, AdamW) of every loss against SFT's, bf16
-  peer      one SFT step three ways, each in a fresh process: opsft, TRL's SFTTrainer, plain transformers
+  peer      one SFT step three ways, each in a fresh process: opsft (its default head on CUDA: TRL's fused one),
+            TRL's SFTTrainer, plain transformers
             (benchmarks/bench_peer_step.py on the built model), bf16
   decoding  Hinted Decoding and opsft's sampling against `model.generate` (greedy, fixed length), bf16
 
@@ -227,7 +228,8 @@ def part_losses(device: str, sizes: dict, out: Path) -> dict:
                          bf16=device != "cpu", max_steps=100, per_device_train_batch_size=sizes["train_batch"],
                          disable_tqdm=True, activation_checkpointing=False)
         trainer = FamilySFTTrainer(model=model, args=args, processing_class=tokenizer, train_dataset=dataset,
-                                   data_collator=collator, loss_config=LossConfig(loss=loss))
+                                   data_collator=collator, loss_config=LossConfig(loss=loss),
+                                   logits_memory_mb=0)  # the fused head, as on CUDA, also in the dry run
         trainer.state.max_steps = 100
         trainer.current_gradient_accumulation_steps = 1
         optimizer = torch.optim.AdamW(trainer.model.parameters(), lr=1e-5)
@@ -256,7 +258,7 @@ def part_peer(device: str, sizes: dict, out: Path) -> dict:
     make_tokenizer().save_pretrained(directory)
     run = subprocess.run([sys.executable, str(HERE / "bench_peer_step.py"), "--model", str(directory), "--examples",
                           str(sizes["peer_examples"]), "--steps", str(sizes["repeats"]), "--device", device,
-                          "--json"], capture_output=True, text=True, check=True, cwd=ROOT)
+                          "--variants", "opsft", "--json"], capture_output=True, text=True, check=True, cwd=ROOT)
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 

@@ -84,15 +84,19 @@ def training_inputs(tmp_path_factory, tokenizer):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("head", [1024, 0], ids=["logits", "fused"])
 @pytest.mark.parametrize("loss", ["sft", "idft", "iwsft", "asft"])
-def test_training_in_bf16(training_inputs, tmp_path, loss, device):
-    """`opsft train --bf16`: weights in bf16 and bf16 mixed precision (what a GPU run does), two steps. Each
-    logged loss is within 2 % of the fp32 run's (measured: 0.7 % at most, IDFT's second step) and the saved model
-    is bf16."""
+def test_training_in_bf16(training_inputs, tmp_path, loss, head, device):
+    """`opsft train --bf16`: weights in bf16 and bf16 mixed precision (what a GPU run does), two steps, through
+    the logits or the fused LM head (lm_head.py). Each logged loss is within 2 % of the fp32 run's (measured: 0.7 %
+    at most, IDFT's second step) and the saved model is bf16."""
     from opsft.train_run import run_train
 
-    fp32 = run_train(config(*training_inputs, tmp_path / "fp32", loss=loss, max_steps=2, device=device, bf16=False))
-    bf16 = run_train(config(*training_inputs, tmp_path / "bf16", loss=loss, max_steps=2, device=device, bf16=True))
+    fp32 = run_train(config(*training_inputs, tmp_path / "fp32", loss=loss, max_steps=2, device=device, bf16=False,
+                            logits_memory_mb=head))
+    bf16 = run_train(config(*training_inputs, tmp_path / "bf16", loss=loss, max_steps=2, device=device, bf16=True,
+                            logits_memory_mb=head))
+    assert bf16["lm_head_calls_this_run"]["logits" if head else "fused"] > 0
     assert logged(bf16, "loss") == pytest.approx(logged(fp32, "loss"), rel=2e-2)
     assert all(np.isfinite(logged(bf16, key)).all() for key in ("loss", "grad_norm"))
     assert json.loads((tmp_path / "bf16" / "final" / "config.json").read_text())["dtype"] == "bfloat16"

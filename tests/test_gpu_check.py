@@ -18,7 +18,7 @@ def test_gpu_check_dry_run_runs_every_part(tmp_path):
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     parts = report["parts"]
     assert set(parts) == {"tests", "scorer", "losses", "peer", "decoding"} and report["dry_run"]
-    assert "8/" in parts["tests"]["pytest"] and "tests collected" in parts["tests"]["pytest"]  # the gpu cases
+    assert "12/" in parts["tests"]["pytest"] and "tests collected" in parts["tests"]["pytest"]  # the gpu cases
     assert parts["scorer"]["fp32"]["max_abs_phi_difference"] < 1e-3  # fp32: opsft's phi is the naive phi
     assert set(parts["losses"]) >= {"sft", "dft", "idft", "iwsft", "eaft", "asft"}
     assert {"opsft", "trl", "plain"} <= set(parts["peer"]) and parts["peer"]["tokens"] > 0

@@ -69,6 +69,10 @@ class TrainConfig(LossConfig):
     logging_steps: int = option(10, "log metrics every N steps", at_least=1)
     save_steps: int = option(500, "save a checkpoint every N steps", at_least=1)
     save_total_limit: int | None = option(None, "keep at most N checkpoints", at_least=1)
+    logits_memory_mb: int | None = option(None, "the step takes log p and H from the model's full logits while "
+                                          "batch x length x vocabulary x 4 bytes fit in this many MiB, else from "
+                                          "TRL's fused LM head (default: 1024 on a CPU, where that is twice as "
+                                          "fast; 0, always fused, on CUDA)", at_least=0)
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass (less memory)")
     lora: bool = option(False, "train a LoRA adapter (PEFT) instead of all weights")
     lora_r: int = option(16, "LoRA rank", at_least=1)
@@ -142,7 +146,7 @@ def run_train(config: TrainConfig, *, callbacks=None) -> dict:
         model=model, args=args, processing_class=tokenizer, peft_config=peft_config,
         train_dataset=build_train_dataset(tokenized, ref_log_probs=ref_log_probs, quality=quality),
         data_collator=FamilyCollator(DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id)),
-        loss_config=loss, ref_model=ref_model, callbacks=callbacks,
+        loss_config=loss, ref_model=ref_model, callbacks=callbacks, logits_memory_mb=config.logits_memory_mb,
         sample_weights=[quality[t.index] for t in tokenized] if loss.quality_mode == "sample" and quality else None,
     )
     return train_and_save(trainer, run, config, tokenizer, examples=len(tokenized), skipped=skipped,
@@ -248,6 +252,7 @@ def train_and_save(trainer, run: TrainingRun, config: TrainConfig, tokenizer, *,
         "train_seconds": round(progress.before_seconds + seconds, 2),
         "train_seconds_this_run": round(seconds, 2),
         "resumed_from": run.resume_from,
+        **({"lm_head_calls_this_run": dict(trainer.head_calls)} if hasattr(trainer, "head_calls") else {}),
         "log_history": history,
     }
     if main:

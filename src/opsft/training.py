@@ -1,6 +1,7 @@
 """The loss family (losses.py) inside TRL's SFTTrainer.
 
-TRL's fused LM head gives per-token log p(y_t), H(p_t) and top-1 hits without building logits. This
+Per-token log p(y_t), H(p_t) and top-1 hits come from TRL's fused LM head, or on a CPU from the model's
+own logits while they fit a memory budget (lm_head.py: the same numbers, twice as fast there). This
 trainer turns them into the family's weights and loss, keeps TRL's normaliser (`num_items_in_batch`:
 completion tokens of the whole accumulated, data-parallel batch), and logs what the loss is doing.
 
@@ -19,6 +20,7 @@ from torch.nn.utils.rnn import pad_sequence
 from trl import SFTTrainer
 from trl.trainer import add_fused_lm_head
 
+from . import lm_head
 from .losses import LossConfig, family_loss, token_weights
 from .rendering import TokenizedExample
 
@@ -65,11 +67,14 @@ class FamilySFTTrainer(SFTTrainer):
     adapter disabled (`ref_model="adapter-off"`).
     """
 
-    def __init__(self, *args, loss_config: LossConfig, ref_model=None, sample_weights=None, **kwargs):
+    def __init__(self, *args, loss_config: LossConfig, ref_model=None, sample_weights=None,
+                 logits_memory_mb: int | None = None, **kwargs):
         self.sample_weights = sample_weights  # SFT(Q) sampling: draw examples in proportion to these
         super().__init__(*args, **kwargs)
         self.loss_config = loss_config
         self.ref_model = ref_model
+        self.logits_budget = lm_head.logits_memory_budget(logits_memory_mb, self.args.device)
+        self.head_calls = {"logits": 0, "fused": 0}  # micro-batches (and reference passes) per way; train_summary
         if isinstance(ref_model, torch.nn.Module):
             add_fused_lm_head(ref_model, outputs=("log_probs",))
             self.ref_model = self.accelerator.prepare_model(ref_model.eval(), evaluation_mode=True)
@@ -88,7 +93,7 @@ class FamilySFTTrainer(SFTTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         ref_log_probs, quality = inputs.pop(REF_COLUMN, None), inputs.pop(QUALITY_COLUMN, None)
         inputs["use_cache"] = False
-        outputs = model(**inputs, fused_lm_head=True)
+        outputs = self._token_statistics(model, inputs)
         if self.loss_config.needs_reference:
             ref_log_probs = ref_log_probs[:, 1:] if ref_log_probs is not None else self._reference(model, inputs)
         progress = self.state.global_step / self.state.max_steps if self.state.max_steps else 0.0
@@ -103,14 +108,25 @@ class FamilySFTTrainer(SFTTrainer):
         self._record_metrics(inputs, outputs, terms)
         return (loss, outputs) if return_outputs else loss
 
+    def _token_statistics(self, model, inputs):
+        """lm_head.TokenStatistics fields for `inputs` (input_ids, labels, ...): from the logits when they fit
+        the budget, else from TRL's fused head."""
+        vocab_size = self.accelerator.unwrap_model(model).config.vocab_size
+        if lm_head.fits(inputs["input_ids"], vocab_size, self.logits_budget):
+            self.head_calls["logits"] += 1
+            logits = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+            return lm_head.from_logits(logits, inputs["labels"])
+        self.head_calls["fused"] += 1
+        return model(**inputs, fused_lm_head=True)
+
     @torch.no_grad()
     def _reference(self, model, inputs) -> torch.Tensor:
         if self.ref_model == "adapter-off":
             with self.accelerator.unwrap_model(model).disable_adapter():
-                return model(**inputs, fused_lm_head=True).log_probs
+                return self._token_statistics(model, inputs).log_probs
         if self.ref_model is None:
             raise ValueError("iw-SFT needs reference log-probs: a ref_log_probs column or a ref_model")
-        return self.ref_model(**inputs, fused_lm_head=True).log_probs
+        return self._token_statistics(self.ref_model, inputs).log_probs
 
     def _record_metrics(self, inputs, outputs, terms) -> None:
         """Per step, across processes: entropy, token accuracy, tokens seen, and the method's weights."""
