@@ -74,7 +74,7 @@ def test_budget_rule():
     assert lm_head.logits_memory_budget(3, torch.device("cuda")) == 3 * 2 ** 20
 
 
-@pytest.mark.parametrize("name", ["sft", "idft", "eaft", "iwsft_frozen", "asft"])
+@pytest.mark.parametrize("name", ["sft", "idft", "iwsft_frozen"])
 def test_a_step_through_the_logits_equals_a_step_through_the_fused_head(model_dir, data_path, tmp_path, name):
     """Same losses, logged metrics and gradients; the summary says which way each forward pass went (iw-SFT's
     frozen reference pass included)."""
