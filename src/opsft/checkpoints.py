@@ -20,6 +20,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from . import processes
 from .errors import OpsftError
 from .resumable import settings_diff
 
@@ -45,9 +46,7 @@ class TrainingRun:
     def claim(cls, out: Path, config, *, inputs_sha256: str) -> TrainingRun:
         """Check the directory against `config` (see the module doc) and record this run in it. Under
         `accelerate launch` every process checks the directory as it was, then the main process writes."""
-        from accelerate import PartialState
-
-        state = PartialState()
+        state = processes.state()
         settings = json.loads(json.dumps(
             {**{k: v for k, v in asdict(config).items() if k not in NOT_SETTINGS}, "inputs_sha256": inputs_sha256},
             default=str))
