@@ -6,7 +6,7 @@ Two ways to get them from the same model, equal up to float round-off (tests/tes
   tiles and never holds the [B, L, V] logits. On CUDA it folds the tiles in Triton; elsewhere in torch
   ops, and its backward projects every tile again.
 - **logits**: the model's own forward gives the logits, then p_t = softmax(z_t) in fp32, as a plain
-  transformers step does. On a CPU this is about twice as fast as the fused head (docs/benchmarks.md),
+  transformers step does. On a CPU SmolLM2's whole step is then 1.4x faster (docs/benchmarks.md),
   at the cost of the logits and their log-softmax: B * L * V * 4 bytes each.
 
 The trainer takes the logits way for a micro-batch when B * L * V * 4 bytes fit `logits_memory_mb`, and

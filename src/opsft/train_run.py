@@ -71,8 +71,8 @@ class TrainConfig(LossConfig):
     save_total_limit: int | None = option(None, "keep at most N checkpoints", at_least=1)
     logits_memory_mb: int | None = option(None, "the step takes log p and H from the model's full logits while "
                                           "batch x length x vocabulary x 4 bytes fit in this many MiB, else from "
-                                          "TRL's fused LM head (default: 1024 on a CPU, where the head is then "
-                                          "about twice as fast; 0, always fused, on CUDA)", at_least=0)
+                                          "TRL's fused LM head (default: 1024 on a CPU, where the step is then "
+                                          "faster; 0, always fused, on CUDA)", at_least=0)
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass (less memory)")
     lora: bool = option(False, "train a LoRA adapter (PEFT) instead of all weights")
     lora_r: int = option(16, "LoRA rank", at_least=1)

@@ -1,7 +1,7 @@
 """The loss family (losses.py) inside TRL's SFTTrainer.
 
 Per-token log p(y_t), H(p_t) and top-1 hits come from TRL's fused LM head, or on a CPU from the model's
-own logits while they fit a memory budget (lm_head.py: the same numbers, twice as fast there). This
+own logits while they fit a memory budget (lm_head.py: the same numbers, faster there). This
 trainer turns them into the family's weights and loss, keeps TRL's normaliser (`num_items_in_batch`:
 completion tokens of the whole accumulated, data-parallel batch), and logs what the loss is doing.
 
