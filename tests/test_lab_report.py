@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from opsft.lab_report import _cell, _problem_ci95
+from opsft.lab_report import _cell, _problem_ci95, method_colors
 
 
 def write_eval(directory, sets):
@@ -42,3 +42,9 @@ def test_cell_shows_what_is_known():
     assert _cell((0.5, None)) == "0.500"
     assert _cell((0.5, 0.1), ci95=0.2) == "0.500 ± 0.100 [±0.200]"
     assert _cell((0.5, None), ci95=float("nan")) == "0.500" and _cell((None, None)) == "—"
+
+
+@pytest.mark.parametrize("n", [1, 10, 13, 20])
+def test_every_method_in_a_plot_has_its_own_colour(n):
+    colors = method_colors(n)
+    assert len(colors) == n and len(set(colors)) == n

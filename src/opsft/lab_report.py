@@ -298,6 +298,15 @@ def write_regimes_report(out: Path, labs: list[tuple[str, Path, dict, dict]]) ->
     return {"regimes": [s["regime"] for s in studies]}
 
 
+def method_colors(n: int) -> list[tuple]:
+    """n distinct colours, one per method in a plot: matplotlib's tab10 up to ten, tab20 beyond (the default
+    cycle repeats after ten, and the full profile has thirteen methods)."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
 def plot_learning_forgetting(studies: list[dict], path: Path) -> None:
     """One panel per regime, one point per method: in-domain gain (x) against out-of-domain change (y) over the
     base model, each with its 95 % interval over problems (paired by problem, seeds averaged)."""
@@ -309,10 +318,10 @@ def plot_learning_forgetting(studies: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, len(studies), figsize=(6.5 * len(studies), 5), dpi=120, squeeze=False)
     for ax, study in zip(axes[0], studies):
         points = [r for r in study["vs_base"] if r["vs"] == "base"]
-        for i, r in enumerate(points):
+        for r, color in zip(points, method_colors(len(points))):
             x, y = r["in_domain"], r["out_of_domain"]
             ax.errorbar(x["delta"], y["delta"], xerr=x["ci95_half_width"], yerr=y["ci95_half_width"], fmt="o",
-                        markersize=5, capsize=2, linewidth=0.8, color="black" if r["method"] == "sft" else f"C{i % 10}")
+                        markersize=5, capsize=2, linewidth=0.8, color="black" if r["method"] == "sft" else color)
             ax.annotate(r["method"], (x["delta"], y["delta"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.axhline(0, color="grey", linewidth=0.6)
         ax.axvline(0, color="grey", linewidth=0.6)
@@ -382,12 +391,12 @@ def _plot_curves(out, runs, path):
     panels = [p for p in ("nll", "loss") if any(k == p for k, _ in curves)] or ["nll"]
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), dpi=120, squeeze=False)
     for ax, panel in zip(axes[0], panels):
-        for (key, method), curve in curves.items():
-            if key == panel:
-                steps = sorted(curve)
-                line, = ax.plot(steps, [np.mean(curve[t]) for t in steps], label=method, linewidth=1.2)
-                ax.fill_between(steps, [min(curve[t]) for t in steps], [max(curve[t]) for t in steps],
-                                color=line.get_color(), alpha=0.15)
+        in_panel = [(method, curve) for (key, method), curve in curves.items() if key == panel]
+        for (method, curve), color in zip(in_panel, method_colors(len(in_panel))):
+            steps = sorted(curve)
+            ax.plot(steps, [np.mean(curve[t]) for t in steps], label=method, linewidth=1.2, color=color)
+            ax.fill_between(steps, [min(curve[t]) for t in steps], [max(curve[t]) for t in steps],
+                            color=color, alpha=0.15)
         ax.set_xlabel("step")
         ax.set_ylabel("training NLL of the data (SFT family)" if panel == "nll" else "training loss (DPO, SimPO)")
         ax.legend(fontsize=7)
