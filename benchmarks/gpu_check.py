@@ -222,9 +222,10 @@ def part_losses(device: str, sizes: dict, out: Path) -> dict:
              for k, v in collator([dataset[i] for i in range(len(dataset))]).items()}
     num_items = (batch["labels"][:, 1:] != -100).sum()
     meter, result = Meter(device, sizes["repeats"]), {}
+    scratch = tempfile.TemporaryDirectory()  # the trainers' output_dir (nothing is saved there), removed below
     for loss in LOSSES:
         model = build_model(sizes, device, torch.bfloat16).train()
-        args = SFTConfig(output_dir=tempfile.mkdtemp(), report_to=[], use_cpu=device == "cpu",
+        args = SFTConfig(output_dir=scratch.name, report_to=[], use_cpu=device == "cpu",
                          bf16=device != "cpu", max_steps=100, per_device_train_batch_size=sizes["train_batch"],
                          disable_tqdm=True, activation_checkpointing=False)
         trainer = FamilySFTTrainer(model=model, args=args, processing_class=tokenizer, train_dataset=dataset,
@@ -240,6 +241,7 @@ def part_losses(device: str, sizes: dict, out: Path) -> dict:
             optimizer.zero_grad(set_to_none=False)
 
         result[loss] = meter(step)
+    scratch.cleanup()
     for loss in LOSSES:
         result[loss]["x_sft"] = result[loss]["seconds"] / result["sft"]["seconds"]
     result["tokens_per_step"] = int(batch["attention_mask"].sum())
@@ -252,13 +254,15 @@ def part_peer(device: str, sizes: dict, out: Path) -> dict:
 
     from conftest import make_tokenizer
 
-    directory = Path(tempfile.mkdtemp()) / "model"
-    model = build_model(sizes, "cpu", torch.float32)
-    model.save_pretrained(directory)
-    make_tokenizer().save_pretrained(directory)
-    run = subprocess.run([sys.executable, str(HERE / "bench_peer_step.py"), "--model", str(directory), "--examples",
-                          str(sizes["peer_examples"]), "--steps", str(sizes["repeats"]), "--device", device,
-                          "--variants", "opsft", "--json"], capture_output=True, text=True, check=True, cwd=ROOT)
+    with tempfile.TemporaryDirectory() as scratch:  # the saved model, removed afterwards
+        directory = Path(scratch) / "model"
+        model = build_model(sizes, "cpu", torch.float32)
+        model.save_pretrained(directory)
+        make_tokenizer().save_pretrained(directory)
+        run = subprocess.run([sys.executable, str(HERE / "bench_peer_step.py"), "--model", str(directory),
+                              "--examples", str(sizes["peer_examples"]), "--steps", str(sizes["repeats"]), "--device",
+                              device, "--variants", "opsft", "--json"], capture_output=True, text=True, check=True,
+                             cwd=ROOT)
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
