@@ -88,8 +88,21 @@ def test_two_processes_give_the_stage_outputs_of_one(tiny_lab, tmp_path):
     chosen learning rates, steps and tokens, test accuracies exactly; phi, drift and training losses to
     training round-off."""
     launch(2, "lab", "--profile", "tiny", "--out", str(tmp_path), "--no-progress", timeout=900)
+    same_stage_outputs(tiny_lab, tmp_path)
+
+
+def test_workers_give_the_stage_outputs_of_one_at_a_time(tiny_lab, tmp_path):
+    """--workers 2: the trainings and evaluations of stages 4-6 two at a time, in processes of one torch thread.
+    Every stage's result equals the lab's that ran them one at a time."""
+    assert lab(tmp_path, "--workers", "2") == 0
+    same_stage_outputs(tiny_lab, tmp_path)
+
+
+def same_stage_outputs(one_root, two_root):
+    """Two tiny labs (both regimes) agree: every stage's result, test accuracies exactly, training losses and
+    phi and drift to training round-off."""
     for regime in ("weak", "strong"):
-        one, two = tiny_lab / regime, tmp_path / regime
+        one, two = one_root / regime, two_root / regime
 
         def read(out, path):
             return json.loads((out / path).read_text().replace(str(out), "OUT"))
@@ -107,7 +120,7 @@ def test_two_processes_give_the_stage_outputs_of_one(tiny_lab, tmp_path):
             assert losses[1] == pytest.approx(losses[0], rel=1e-4) and losses[0], name
         same_up_to_round_off(read(one, "report/results.json"), read(two, "report/results.json"), "results.json")
     same_up_to_round_off(*(json.loads((out / "report" / "regimes.json").read_text().replace(str(out), "OUT"))
-                           for out in (tiny_lab, tmp_path)), "regimes.json")
+                           for out in (one_root, two_root)), "regimes.json")
 
 
 def test_regimes_differ_in_how_close_the_training_solutions_are_to_the_model(tiny_lab):

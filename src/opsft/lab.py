@@ -18,7 +18,8 @@ run one lab each and a report comparing them (which loss wins where).
 
 Under `accelerate launch` every stage uses every process: training is data-parallel on the same global batch
 (--batch-size examples, split over the processes), and generation and scoring are sharded by example
-(resumable.ShardedLog); the main process alone writes the lab's own files (processes.py).
+(resumable.ShardedLog); the main process alone writes the lab's own files (processes.py). Without it, --workers N
+runs N of the trainings and evaluations of stages 4-6 at a time, in processes of one torch thread each.
 
 Profiles (`--profile`): tiny (a random 2-layer model, every stage in seconds: a plumbing check for CI),
 quick (the default: SmolLM2-135M with LoRA, three methods, one seed, the weak regime, about 15 minutes on a
@@ -34,7 +35,9 @@ import math
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, replace
+from multiprocessing import get_context
 from pathlib import Path
 
 import yaml
@@ -180,6 +183,9 @@ class LabConfig(Options):
     realign_require_eos: bool | None = option(None, "keep only rewrites that ended on their own")
     rejection_require_correct: bool | None = option(None, "rejection data: keep only answers the scorer marks "
                                                           "correct (off only in the tiny plumbing profile)")
+    workers: int = option(1, "trainings and evaluations run at once in stages 4-6, each in its own process with one "
+                             "torch thread (on a CPU: as many as cores); 1: one at a time, on every thread",
+                          at_least=1)
     overwrite: bool = option(False, "discard an earlier lab in --out")
     progress: bool = option(True, "show progress bars")
 
@@ -245,6 +251,9 @@ class Lab:
         on_main(lambda: self.settle(config.overwrite and clear))
         self.model = self.settings["model"]
         processes = state().num_processes
+        if processes > 1 and config.workers > 1:
+            raise OpsftError(f"--workers {config.workers} runs jobs in processes of its own: not under accelerate "
+                             f"launch, whose {processes} processes already share every job (give --workers 1)")
         if self.settings["batch_size"] % processes:
             raise OpsftError(f"--batch-size {self.settings['batch_size']} does not split over {processes} processes: "
                              f"give a multiple of {processes} (the global batch is the same whatever the count)")
@@ -323,8 +332,9 @@ class Lab:
             result.update(validation=str(validation), validation_problems=len(held_out))
         return result
 
-    def evaluate(self, model: str, out: Path) -> dict:
-        from .eval_run import EvalConfig, run_eval
+    def evaluation(self, model: str, out: Path):
+        """The EvalConfig of the final evaluation of `model` into `out` (test sets and drift)."""
+        from .eval_run import EvalConfig
 
         s, base_drift = self.settings, self.out / "eval" / "base" / "drift"
 
@@ -335,13 +345,13 @@ class Lab:
                     shutil.copy(log, out / "drift" / log.name)
 
         on_main(copy_base_samples)
-        return main_result(run_eval(EvalConfig(model=model, suite=self.data["suite"], out=str(out),
-                                               max_new_tokens=s["eval_max_new_tokens"], drift_limit=None,
-                                               drift_max_new_tokens=s["drift_max_new_tokens"], **self.common())))
+        return EvalConfig(model=model, suite=self.data["suite"], out=str(out), max_new_tokens=s["eval_max_new_tokens"],
+                          drift_limit=None, drift_max_new_tokens=s["drift_max_new_tokens"], **self.common())
 
-    def validate(self, model: str, out: Path) -> float:
-        """Accuracy on the validation split (training problems held out in stage 1), greedy, as the tests are."""
-        from .eval_run import EvalConfig, run_eval
+    def validation(self, model: str, out: Path):
+        """The EvalConfig of `model`'s accuracy on the validation split (training problems held out in stage 1),
+        greedy, as the tests are."""
+        from .eval_run import EvalConfig
 
         d = self.data
         answer = {"answer_field": "answer"} if self.settings["train_data"].startswith("gym:") else {}
@@ -354,9 +364,8 @@ class Lab:
                 **answer}}}))
 
         on_main(write_suite)
-        return main_result(run_eval(EvalConfig(model=model, suite=str(suite), out=str(out), drift_limit=None,
-                                               max_new_tokens=self.settings["eval_max_new_tokens"],
-                                               **self.common())))["in_domain_accuracy"]
+        return EvalConfig(model=model, suite=str(suite), out=str(out), drift_limit=None,
+                          max_new_tokens=self.settings["eval_max_new_tokens"], **self.common())
 
     def score(self, data: str, out: str, fields: tuple[str | None, str | None]) -> dict:
         from .score_run import ScoreConfig, run_score
@@ -435,48 +444,69 @@ class Lab:
             grid = grid.get(method, grid.get(method_spec(method)[0], grid.get("default")))
         return list(grid) if grid else [self.settings["learning_rate"]]
 
-    def train_one(self, method: str, seed: int, learning_rate: float | None, sets: dict, name: str) -> dict:
-        """Train `method` at `learning_rate` with the lab's token budget into runs/<name> (resumed if cut off)."""
-        from .train_run import TrainConfig, run_train
+    def training(self, method: str, seed: int, learning_rate: float | None, sets: dict, name: str) -> tuple:
+        """`method` at `learning_rate` with the lab's token budget into runs/<name>: the run's record, and the job
+        steps that train it (resumed if cut off; none when the run finished earlier)."""
+        from .train_run import TrainConfig
 
         s, (loss, kind) = self.settings, method_spec(method)
         path, fields, tokens = sets[kind]
         steps = max(1, round(s["token_budget"] / (s["batch_size"] * tokens)))
-        out = self.out / "runs" / name
+        out, steps_to_run = self.out / "runs" / name, []
         if not on_main(lambda: (out / "train_summary.json").exists() and (out / "final").exists()):
-            self.say(f"[lab {self.regime}] training {name}: {steps} steps of {s['batch_size']} x ~{tokens:.0f} tokens"
-                     + (f", learning rate {learning_rate:g}" if learning_rate else ""))
-            run_train(TrainConfig(  # the global batch split over the processes of `accelerate launch`
+            steps_to_run.append(("say", f"[lab {self.regime}] training {name}: {steps} steps of {s['batch_size']} x "
+                                        f"~{tokens:.0f} tokens" + (f", learning rate {learning_rate:g}"
+                                                                   if learning_rate else "")))
+            # the global batch split over the processes of `accelerate launch`
+            steps_to_run.append(("train", TrainConfig(
                 model=self.model, data=path, prompt_field=fields[0], completion_field=fields[1], loss=loss,
                 output_dir=str(out), max_steps=steps,
                 per_device_train_batch_size=s["batch_size"] // state().num_processes,
                 lora=s["lora"], learning_rate=learning_rate, seed=seed, logging_steps=1,
-                save_steps=max(1, steps // 4), save_total_limit=1, resume=True, **self.common()))
+                save_steps=max(1, steps // 4), save_total_limit=1, resume=True, **self.common())))
         return {"method": method, "seed": seed, "dir": f"runs/{name}", "learning_rate": learning_rate,
-                "steps": steps, "tokens_per_example": tokens, "train_tokens": round(steps * s["batch_size"] * tokens)}
+                "steps": steps, "tokens_per_example": tokens,
+                "train_tokens": round(steps * s["batch_size"] * tokens)}, steps_to_run
+
+    def run_jobs(self, jobs: list[list[tuple]]) -> list:
+        """Each job (its steps, run in order: ("say", line), ("train", TrainConfig), ("eval", EvalConfig)), one
+        after the other, or with --workers N, N jobs at a time in spawned processes of one torch thread each. A
+        job's result is its last step's."""
+        workers = min(self.config.workers, len(jobs))
+        if workers > 1:  # no progress bars: several at once would write over each other
+            jobs = [[(kind, config if kind == "say" else replace(config, progress=False)) for kind, config in job]
+                    for job in jobs]
+            with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_one_thread) as pool:
+                return list(pool.map(_run_steps, jobs))
+        return [_run_steps(job) for job in jobs]
 
     def select(self) -> dict:
         """Each method with several learning rates: trained at each on the first seed, scored on the validation
         split (training problems never trained on; the test sets are not read), the best kept (ties: the
         smaller rate, the smaller step)."""
         s, sets, seed = self.settings, self.training_sets, self.settings["seeds"][0]
-        chosen = {}
+        trials, jobs = [], []
         for method in s["methods"]:
             grid = self.learning_rates(method)
             if len(grid) < 2 or method_spec(method)[1] not in sets:
                 continue
-            trials = []
             for rate in grid:
-                run = self.train_one(method, seed, rate, sets, f"{method}-seed{seed}-lr{rate:g}")
-                accuracy = self.validate(str(self.out / run["dir"] / "final"), self.out / run["dir"] / "validation")
-                trials.append({**run, "validation_accuracy": accuracy})
-            best = max(trials, key=lambda t: (t["validation_accuracy"], -t["learning_rate"]))
-            chosen[method] = {"trials": trials, "learning_rate": best["learning_rate"], "run": best}
+                run, train = self.training(method, seed, rate, sets, f"{method}-seed{seed}-lr{rate:g}")
+                validate = self.validation(str(self.out / run["dir"] / "final"), self.out / run["dir"] / "validation")
+                trials.append(run)
+                jobs.append([*train, ("eval", validate)])
+        chosen = {}
+        for run, summary in zip(trials, self.run_jobs(jobs)):
+            chosen.setdefault(run["method"], {"trials": []})["trials"].append(
+                {**run, "validation_accuracy": summary["in_domain_accuracy"]})
+        for choice in chosen.values():
+            best = max(choice["trials"], key=lambda t: (t["validation_accuracy"], -t["learning_rate"]))
+            choice.update(learning_rate=best["learning_rate"], run=best)
         return {"validation_problems": self.data.get("validation_problems", 0), "methods": chosen}
 
     def train_all(self) -> dict:
         """Every method, every seed, at its chosen learning rate (the first seed's run is the selection's own)."""
-        s, sets, runs = self.settings, self.training_sets, {}
+        s, sets, runs, jobs = self.settings, self.training_sets, {}, []
         for method in s["methods"]:
             selection = self.selected["methods"].get(method)
             rate = selection["learning_rate"] if selection else self.learning_rates(method)[0]
@@ -487,15 +517,19 @@ class Lab:
                 elif selection and seed == selection["run"]["seed"]:
                     runs[name] = {k: v for k, v in selection["run"].items() if k != "validation_accuracy"}
                 else:
-                    runs[name] = self.train_one(method, seed, rate, sets, name)
+                    runs[name], train = self.training(method, seed, rate, sets, name)
+                    if train:
+                        jobs.append(train)
+        self.run_jobs(jobs)
         return {"runs": runs}
 
     def evaluate_all(self, runs: dict) -> dict:
         """The final evaluations, the only place the test sets are read: the base model, then every run."""
-        base = _accuracies(self.evaluate(self.model, self.out / "eval" / "base"))
-        return {"base": base, "runs": {name: _accuracies(self.evaluate(str(self.out / r["dir"] / "final"),
-                                                                       self.out / r["dir"] / "eval"))
-                                       for name, r in runs.items() if "skipped" not in r}}
+        base = _accuracies(self.run_jobs([[("eval", self.evaluation(self.model, self.out / "eval" / "base"))]])[0])
+        trained = {name: r for name, r in runs.items() if "skipped" not in r}  # the base's drift samples first
+        summaries = self.run_jobs([[("eval", self.evaluation(str(self.out / r["dir"] / "final"),
+                                                             self.out / r["dir"] / "eval"))] for r in trained.values()])
+        return {"base": base, "runs": {name: _accuracies(summary) for name, summary in zip(trained, summaries)}}
 
     def run(self) -> dict:
         self.data = self.stage(1, "data", self.build_data, main_only=True)
@@ -539,6 +573,30 @@ def run_lab(config: LabConfig) -> dict:
     Lab.say("\n" + (out / "report" / "regimes.md").read_text())
     Lab.say(f"[lab] regimes compared: {out / 'report' / 'index.html'}")
     return summary
+
+
+def _one_thread() -> None:
+    """A --workers process: one torch thread, so that N of them share N cores instead of fighting over them."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _run_steps(steps: list[tuple]) -> dict | None:
+    """One job of Lab.run_jobs: its training and evaluation steps in order; the last one's result."""
+    result = None
+    for kind, config in steps:
+        if kind == "say":
+            Lab.say(config)
+        elif kind == "train":
+            from .train_run import run_train
+
+            result = run_train(config)
+        else:
+            from .eval_run import run_eval
+
+            result = main_result(run_eval(config))
+    return result
 
 
 def clear_lab(out: Path) -> None:
