@@ -57,8 +57,11 @@ def main() -> None:
                 out = subprocess.run([sys.executable, __file__, "--variant", variant, "--model", str(model),
                                       "--examples", str(args.examples), "--steps", str(args.steps), "--device",
                                       args.device],
-                                     capture_output=True, text=True, check=True).stdout
-                rounds[-1][variant] = json.loads(out.strip().splitlines()[-1])
+                                     capture_output=True, text=True)
+                if out.returncode != 0:
+                    sys.exit(f"bench_peer_step: the {variant} step failed (exit {out.returncode}):\n"
+                             f"{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
+                rounds[-1][variant] = json.loads(out.stdout.strip().splitlines()[-1])
     tokens = rounds[0]["plain"]["tokens"]
     results = {v: {"seconds": statistics.median(r[v]["seconds"] for r in rounds),
                    "rounds": [r[v]["seconds"] for r in rounds],
@@ -149,13 +152,14 @@ def _run_variant(variant: str, model: str, examples: int, steps: int, device: st
         from datasets import Dataset
         from trl import SFTConfig, SFTTrainer
 
+        from opsft.train_run import checkpointing_option
+
         loaded, tokenizer, rows = tokenized(model, examples, device)
         dataset = Dataset.from_list([{"input_ids": r.input_ids, "completion_mask": [0] * r.completion_start + [1] * (
             len(r.input_ids) - r.completion_start)} for r in rows])
         arguments = SFTConfig(output_dir=out, report_to="none", use_cpu=device == "cpu", disable_tqdm=True,
                               max_length=1024, completion_only_loss=True, bf16=device != "cpu",
-                              activation_checkpointing=False,  # as opsft's
-                              **common)
+                              **{checkpointing_option(SFTConfig): False}, **common)  # as opsft's
         trainer = SFTTrainer(model=loaded, processing_class=tokenizer, train_dataset=dataset,
                              callbacks=[timer.callback], args=arguments)
         trainer.train()

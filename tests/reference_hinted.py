@@ -25,7 +25,13 @@ def reference_lambda(h: float, c: HintedDecodingConfig) -> float:
     return (h - c.h1) / (c.h2 - c.h1)
 
 
-def reference_decode(model, hinted, plain, c: HintedDecodingConfig, tokenizer, eos=frozenset({EOS})):
+def greedy(step: int, log_mix: torch.Tensor) -> int:
+    return int(log_mix.argmax())
+
+
+def reference_decode(model, hinted, plain, c: HintedDecodingConfig, tokenizer, eos=frozenset({EOS}), choose=greedy):
+    """(tokens, finish reason, handover step, lambdas). `choose(step, log_mix)` picks each token from the mixed
+    log-probabilities: greedy by default; a test can make it follow another decoder's tokens (teacher forcing)."""
     out, lams, handover, reason, windows = [], [], None, "length", {}
     log_vocab = math.log(model.config.vocab_size)
     for step in range(c.max_new_tokens):
@@ -37,7 +43,7 @@ def reference_decode(model, hinted, plain, c: HintedDecodingConfig, tokenizer, e
             lam = 1.0
         if step == 0 and c.hinted_first_token:
             lam = 0.0
-        token = int(F.log_softmax((1 - lam) * log_h + lam * log_q, -1).argmax())
+        token = choose(step, F.log_softmax((1 - lam) * log_h + lam * log_q, -1))
         out.append(token)
         lams.append(lam)
         if token in eos:

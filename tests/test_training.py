@@ -3,6 +3,7 @@ resume, multi-process, and bad configurations caught before the first step."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -16,7 +17,8 @@ from opsft.errors import DataError, OpsftError
 from opsft.models import load_model
 from opsft.rendering import to_trl_record
 from opsft.checkpoints import CHECKPOINT_FILE
-from opsft.train_run import TrainConfig, run_train
+from opsft.train_run import (CHECKPOINTING_OPTIONS, TrainConfig, checkpointing_option, run_train,
+                             trl_arguments)
 
 ROWS = [{"question": f"What is {a} + {b}?", "solution": f"{a} + {b} = {a + b}. #### {a + b}",
          "quality": q} for (a, b), q in zip([(1, 2), (17, 25), (3, 4), (10, 32), (5, 5), (6, 7), (8, 9), (2, 2)],
@@ -279,6 +281,25 @@ def test_gradient_checkpointing_gives_the_same_step(model_dir, data_path, tmp_pa
     checkpointed = run_train(config(model_dir, data_path, tmp_path / "b", loss="idft", max_steps=2,
                                     gradient_checkpointing=True))
     assert logged(checkpointed, "loss") == pytest.approx(logged(plain, "loss"), rel=1e-5)
+
+
+def test_checkpointing_goes_to_the_option_this_transformers_has(model_dir, data_path, tmp_path):
+    """Newer transformers 5.x call it activation_checkpointing (gradient_checkpointing its deprecated alias); 5.17,
+    the GPU image's, has only gradient_checkpointing. opsft sets the one the installed version has, and refuses
+    either under sft_args (it is opsft's own option)."""
+
+    @dataclasses.dataclass
+    class OlderArguments:
+        gradient_checkpointing: bool = False
+
+    assert checkpointing_option(OlderArguments) == "gradient_checkpointing"
+    on = trl_arguments(config(model_dir, data_path, tmp_path, gradient_checkpointing=True), SFTConfig,
+                       default_lr=(1e-4, 1e-5))
+    assert getattr(on, checkpointing_option(SFTConfig)) is True
+    for key in CHECKPOINTING_OPTIONS:
+        with pytest.raises(OpsftError, match="set from opsft's own options"):
+            trl_arguments(config(model_dir, data_path, tmp_path, sft_args={key: True}), SFTConfig,
+                          default_lr=(1e-4, 1e-5))
 
 
 def test_train_command_reads_yaml_with_extra_trl_options(model_dir, data_path, tmp_path):

@@ -168,7 +168,7 @@ def trl_arguments(config: TrainConfig, trl_config_class, *, default_lr: tuple[fl
         lr_scheduler_type=config.lr_scheduler_type, warmup_steps=config.lr_warmup_ratio,
         weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm,
         logging_steps=config.logging_steps, save_steps=config.save_steps, save_total_limit=config.save_total_limit,
-        activation_checkpointing=config.gradient_checkpointing, report_to=config.report_to,
+        **{checkpointing_option(trl_config_class): config.gradient_checkpointing}, report_to=config.report_to,
         bf16=(on_cuda and torch.cuda.is_bf16_supported()) if config.bf16 is None else config.bf16,
         use_cpu=not on_cuda,
         disable_tqdm=not config.progress, **specific,
@@ -180,13 +180,24 @@ def trl_arguments(config: TrainConfig, trl_config_class, *, default_lr: tuple[fl
             close = difflib.get_close_matches(key, known, n=3)
             raise OpsftError(f"sft_args: {key!r} is not an option of TRL's {name}"
                              + (f" (did you mean {', '.join(close)}?)" if close else ""))
-        if key in ours:
+        if key in ours or key in CHECKPOINTING_OPTIONS:
             raise OpsftError(f"sft_args: {key!r} is set from opsft's own options (see opsft train --help); "
                              f"set it there, not under sft_args")
     try:
         return trl_config_class(**ours, **config.sft_args)
     except (ValueError, TypeError) as e:
         raise OpsftError(f"sft_args: TRL's {name} refused these options: {e}") from None
+
+
+CHECKPOINTING_OPTIONS = ("activation_checkpointing", "gradient_checkpointing")
+
+
+def checkpointing_option(trl_config_class) -> str:
+    """The TrainingArguments field that turns activation checkpointing on in the installed transformers:
+    `activation_checkpointing` in newer 5.x releases (where `gradient_checkpointing` is its deprecated alias),
+    `gradient_checkpointing` in older ones (5.17 has no other)."""
+    fields = {f.name for f in dataclasses.fields(trl_config_class)}
+    return next(name for name in CHECKPOINTING_OPTIONS if name in fields)
 
 
 LORA_LAYERS = (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, Conv1D,
