@@ -35,9 +35,7 @@ import math
 import re
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
-from multiprocessing import get_context
 from pathlib import Path
 
 import yaml
@@ -46,6 +44,7 @@ from .errors import OpsftError
 from .locking import LOCK_FILE
 from .options import Options, option
 from .processes import is_main_process, main_result, on_main, state
+from .workers import run_each
 
 METHODS = {  # method -> (loss, training data); any other loss@data pair works too (method_spec)
     "sft": ("sft", "raw"), "dft": ("dft", "raw"), "idft": ("idft", "raw"), "iwsft": ("iwsft", "raw"),
@@ -472,13 +471,10 @@ class Lab:
         """Each job (its steps, run in order: ("say", line), ("train", TrainConfig), ("eval", EvalConfig)), one
         after the other, or with --workers N, N jobs at a time in spawned processes of one torch thread each. A
         job's result is its last step's."""
-        workers = min(self.config.workers, len(jobs))
-        if workers > 1:  # no progress bars: several at once would write over each other
+        if self.config.workers > 1 and len(jobs) > 1:  # no progress bars: several would write over each other
             jobs = [[(kind, config if kind == "say" else replace(config, progress=False)) for kind, config in job]
                     for job in jobs]
-            with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_one_thread) as pool:
-                return list(pool.map(_run_steps, jobs))
-        return [_run_steps(job) for job in jobs]
+        return list(run_each(_run_steps, jobs, self.config.workers))
 
     def select(self) -> dict:
         """Each method with several learning rates: trained at each on the first seed, scored on the validation
@@ -573,13 +569,6 @@ def run_lab(config: LabConfig) -> dict:
     Lab.say("\n" + (out / "report" / "regimes.md").read_text())
     Lab.say(f"[lab] regimes compared: {out / 'report' / 'index.html'}")
     return summary
-
-
-def _one_thread() -> None:
-    """A --workers process: one torch thread, so that N of them share N cores instead of fighting over them."""
-    import torch
-
-    torch.set_num_threads(1)
 
 
 def _run_steps(steps: list[tuple]) -> dict | None:

@@ -23,13 +23,12 @@ import hashlib
 import json
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import OpsftError
+from ..workers import run_each
 
 CONTROLLER = np.array([1.0, 20.0, 2.0, 2.0])
 
@@ -217,12 +216,7 @@ def _chunked_rollouts(workdir: Path, spec: dict, workers: int) -> dict[str, np.n
     chunks = [(c, min(ROLLOUT_CHUNK, spec["episodes"] - c)) for c in range(0, spec["episodes"], ROLLOUT_CHUNK)]
     todo = [(c, n) for c, n in chunks if not (workdir / f"rollout-{c:06d}.npz").exists()]
     jobs = [(str(workdir), spec["env"], spec["seed"] + c, n, spec.get("max_episode_steps"), c) for c, n in todo]
-    if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            list(pool.map(_rollout_chunk, jobs))
-    else:
-        for job in jobs:
-            _rollout_chunk(job)
+    list(run_each(_rollout_chunk, jobs, workers))
     parts = [dict(np.load(workdir / f"rollout-{c:06d}.npz")) for c, _ in chunks]
     return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 

@@ -15,15 +15,14 @@ each run from its last checkpoint).
 from __future__ import annotations
 
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from ..models import cache_dir
 from ..options import Options, option
+from ..workers import run_each
 from .commands import BaselineConfig, TrainConfig, run_baseline, run_train, start
 from .lab_report import write_report
 
@@ -130,16 +129,9 @@ def _run_all(jobs: list, workers: int, what: str, progress: bool) -> None:
     print(f"[control lab] {what}: {len(jobs) - len(todo)} of {len(jobs)} runs done earlier; running {len(todo)}",
           flush=True)
     with tqdm(total=len(todo), unit="run", desc=what, disable=not progress) as bar:
-        if workers > 1 and len(todo) > 1:
-            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-                for job, _ in zip(todo, pool.map(_run_job, todo)):
-                    bar.write(f"[control lab]   done: {Path(job[1].out).name}")
-                    bar.update(1)
-        else:
-            for job in todo:
-                _run_job(job)
-                bar.write(f"[control lab]   done: {Path(job[1].out).name}")
-                bar.update(1)
+        for job, _ in zip(todo, run_each(_run_job, todo, workers)):
+            bar.write(f"[control lab]   done: {Path(job[1].out).name}")
+            bar.update(1)
 
 
 def _run_job(job) -> dict:
