@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from opsft.errors import OpsftError
-from opsft.resumable import ResultLog
+from opsft.resumable import ResultLog, read_records
 
 
 def test_log_reopens_with_its_records_and_drops_a_torn_last_line(tmp_path):
@@ -25,3 +25,19 @@ def test_log_with_other_settings_is_refused_unless_overwritten(tmp_path):
     with pytest.raises(OpsftError, match=r"temperature: 1.0 -> 0.5.*--overwrite"):
         ResultLog(path, {"temperature": 0.5})
     assert ResultLog(path, {"temperature": 0.5}, overwrite=True).done() == set()
+
+
+def test_another_process_reads_a_log_being_created_as_empty_and_one_of_other_settings_as_refused(tmp_path):
+    """ShardedLog reads the other processes' logs while they may be creating theirs (a race seen in CI: an empty
+    file was taken for a log of other settings). A new log's header is moved in whole; a log with no complete line
+    yet has no records; a complete header with other settings is still refused, naming the difference."""
+    path = tmp_path / "progress-0-of-2.jsonl"
+    for partial in ("", '{"settings": {"temper'):
+        path.write_text(partial)
+        assert read_records(path, {"temperature": 1.0}) == []
+    path.unlink()
+    ResultLog(path, {"temperature": 1.0}).append([{"index": 0}])
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # nothing left aside
+    assert read_records(path, {"temperature": 1.0}) == [{"index": 0}]
+    with pytest.raises(OpsftError, match=r"temperature: 1.0 -> 0.5"):
+        read_records(path, {"temperature": 0.5})

@@ -24,9 +24,11 @@ class ResultLog:
             self.path.unlink()
         if self.path.exists():
             self._reopen()
-        else:
+        else:  # written aside and moved in, so that another process never reads a half-written header
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text(json.dumps({"settings": self.settings}) + "\n")
+            aside = self.path.with_name(self.path.name + ".new")
+            aside.write_text(json.dumps({"settings": self.settings}) + "\n")
+            os.replace(aside, self.path)
 
     def _reopen(self) -> None:
         good_bytes, lines = 0, self.path.read_bytes().split(b"\n")
@@ -78,10 +80,15 @@ def settings_diff(old: Any, new: dict) -> str:
 
 def read_records(path: str | Path, settings: dict[str, Any]) -> list[dict]:
     """The complete records of a log that another process may still be writing: read-only, a torn
-    last line is skipped, not cut; a log with other settings is refused."""
+    last line is skipped, not cut (a log with no complete line has no records yet); a log with other settings
+    is refused."""
     lines = Path(path).read_bytes().split(b"\n")[:-1]  # the piece after the last newline may be torn
-    if not lines or json.loads(lines[0]).get("settings") != json.loads(json.dumps(settings)):
-        raise OpsftError(f"{path} holds a run with other settings; use another output directory or --overwrite")
+    if not lines:
+        return []
+    old = json.loads(lines[0]).get("settings")
+    if old != json.loads(json.dumps(settings)):
+        raise OpsftError(f"{path} holds a run with other settings ({settings_diff(old, settings)}); "
+                         f"use another output directory or --overwrite")
     return [json.loads(line) for line in lines[1:]]
 
 
