@@ -1,6 +1,9 @@
 """How far bf16 moves Hinted Decoding's mixing weights lambda: the batched, cached decoder and the one-at-a-time
 uncached reference (tests/reference_hinted.py) on the tests' tiny model, in bf16 and fp32, on the CPU and on CUDA
 where there is one. Each pair is compared position by position up to the first token where the two paths part.
+"bf16 teacher-forced" is what tests/test_bf16.py bounds: the reference following the decoder's tokens, the largest
+margin (nats) by which a token fell short of the reference's greedy choice and the largest lambda difference, over
+the rows; repeated, since GPU kernels need not give the same bits twice.
 
     python benchmarks/bf16_hinted_lambdas.py [OUT.json]      # from the checkout's root
 """
@@ -15,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
 from conftest import make_model, make_tokenizer
 from reference_hinted import EOS, reference_decode
+from test_bf16 import teacher_forced_gaps
 from test_hinted import MODES, prompts
 from opsft.hinted import hinted_decode
 
@@ -27,6 +31,7 @@ def gap(a_tokens, a_lambdas, b_tokens, b_lambdas):
                 break
     return {"max_abs": worst, "positions": compared, "same_tokens": a_tokens == b_tokens}
 
+REPEATS = 3
 tok = make_tokenizer()
 devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 report = {}
@@ -44,6 +49,11 @@ for device in devices:
         pairs = [("bf16 batched", "bf16 reference"), ("bf16 reference", "fp32 reference"),
                  ("bf16 batched", "fp32 reference"), ("fp32 batched", "fp32 reference")]
         report[f"{device} {mode}"] = {f"{a} vs {b}": gap(*runs[a], *runs[b]) for a, b in pairs}
+        bf16 = copy.deepcopy(base).to(device, torch.bfloat16)
+        forced = [teacher_forced_gaps(bf16, tok, MODES[mode], MODES[mode]) for _ in range(REPEATS)]
+        report[f"{device} {mode}"]["bf16 teacher-forced"] = {
+            "max_margin": [max(margin for margin, _ in g) for g in forced],
+            "max_lambda_gap": [max(lambda_gap for _, lambda_gap in g) for g in forced], "bounds in the test": 0.1}
 text = json.dumps(report, indent=1)
 print(text)
 if len(sys.argv) > 1:
