@@ -41,11 +41,7 @@ class ResultLog:
             if item is None:
                 break
             if number == 0:
-                if item.get("settings") != self.settings:
-                    raise OpsftError(
-                        f"{self.path} holds a run with other settings "
-                        f"({settings_diff(item.get('settings'), self.settings)}); "
-                        f"use another output directory or --overwrite")
+                refuse_other_settings(self.path, item.get("settings"), self.settings)
             else:
                 self._records[item["index"]] = item
             good_bytes += len(line) + 1
@@ -70,6 +66,13 @@ class ResultLog:
             self._records[record["index"]] = record
 
 
+def refuse_other_settings(path: str | Path, old: Any, new: dict) -> None:
+    """A log written with settings `old` is not continued under `new` (both as JSON reads them back)."""
+    if old != new:
+        raise OpsftError(f"{path} holds a run with other settings ({settings_diff(old, new)}); "
+                         f"use another output directory or --overwrite")
+
+
 def settings_diff(old: Any, new: dict) -> str:
     """'key: old -> new, ...' for the settings that differ."""
     if not isinstance(old, dict):
@@ -85,10 +88,7 @@ def read_records(path: str | Path, settings: dict[str, Any]) -> list[dict]:
     lines = Path(path).read_bytes().split(b"\n")[:-1]  # the piece after the last newline may be torn
     if not lines:
         return []
-    old = json.loads(lines[0]).get("settings")
-    if old != json.loads(json.dumps(settings)):
-        raise OpsftError(f"{path} holds a run with other settings ({settings_diff(old, settings)}); "
-                         f"use another output directory or --overwrite")
+    refuse_other_settings(path, json.loads(lines[0]).get("settings"), json.loads(json.dumps(settings)))
     return [json.loads(line) for line in lines[1:]]
 
 
