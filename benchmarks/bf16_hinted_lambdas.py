@@ -39,9 +39,9 @@ for device in devices:
     for mode in ("linear", "piecewise"):
         base = make_model(len(tok), seed=3)
         hinted, plain = prompts(tok)
-        runs = {}
+        runs, models = {}, {}
         for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
-            model = copy.deepcopy(base).to(device, dtype)
+            model = models[name] = copy.deepcopy(base).to(device, dtype)
             batched = hinted_decode(model, hinted, plain, MODES[mode], eos_token_ids={EOS}, tokenizer=tok)
             refs = [reference_decode(model, h, q, MODES[mode], tok, {EOS}) for h, q in zip(hinted, plain)]
             runs[name + " batched"] = ([r.tokens for r in batched], [list(r.lambdas) for r in batched])
@@ -49,8 +49,7 @@ for device in devices:
         pairs = [("bf16 batched", "bf16 reference"), ("bf16 reference", "fp32 reference"),
                  ("bf16 batched", "fp32 reference"), ("fp32 batched", "fp32 reference")]
         report[f"{device} {mode}"] = {f"{a} vs {b}": gap(*runs[a], *runs[b]) for a, b in pairs}
-        bf16 = copy.deepcopy(base).to(device, torch.bfloat16)
-        forced = [teacher_forced_gaps(bf16, tok, MODES[mode], MODES[mode]) for _ in range(REPEATS)]
+        forced = [teacher_forced_gaps(models["bf16"], tok, MODES[mode], MODES[mode]) for _ in range(REPEATS)]
         report[f"{device} {mode}"]["bf16 teacher-forced"] = {
             "max_margin": [max(margin for margin, _ in g) for g in forced],
             "max_lambda_gap": [max(lambda_gap for _, lambda_gap in g) for g in forced], "bounds in the test": 0.1}
