@@ -1,5 +1,6 @@
 # `make lab`, `make demo` and `make test` each create .venv when it is missing.
-# torch is installed first, under CONSTRAINTS, so that nothing else can pull another build of it.
+# Everything is installed under CONSTRAINTS (constraints.txt: the tested version of every package), torch first,
+# so that nothing else can pull another build of it.
 # On a GPU machine with your own torch: make test CONSTRAINTS= TORCH=
 VENV        ?= .venv
 PY          := $(VENV)/bin/python
@@ -7,7 +8,7 @@ CONSTRAINTS ?= constraints.txt
 TORCH       ?= torch==2.13.0
 PIP_C       := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 
-.PHONY: setup lab demo test bench clean
+.PHONY: setup lab demo test bench lock clean
 
 setup: $(VENV)/.installed
 
@@ -28,6 +29,11 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q -ra
+
+# After upgrading packages in .venv on purpose: rewrite constraints.txt from it (header kept), then run make test
+lock:
+	{ grep '^#' $(CONSTRAINTS); $(VENV)/bin/pip freeze --exclude-editable | sed 's/^torch==\([^+]*\)+.*/torch==\1/'; } \
+		> $(CONSTRAINTS).new && mv $(CONSTRAINTS).new $(CONSTRAINTS)
 
 bench: setup
 	$(PY) benchmarks/bench_scorer_memory.py

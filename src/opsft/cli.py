@@ -14,6 +14,7 @@ import typing
 from .errors import OpsftError
 from .locking import output_lock
 from .options import read_yaml, typed
+from .processes import end_process_group
 from .compare_run import CompareConfig, run_compare
 from .eval_run import EvalConfig, run_eval
 from .lab import LabConfig, run_lab
@@ -125,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"opsft: error: unexpected {type(error).__name__}: {_one_line(error)} (a bug in opsft, or a case it "
               f"should explain; the traceback is in {report}, or rerun with opsft --traceback)", file=sys.stderr)
         return 1
+    finally:
+        end_process_group()
     return 0
 
 

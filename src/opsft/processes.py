@@ -4,6 +4,7 @@ the main process decide or do a thing once and hand every process its result. In
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -34,3 +35,16 @@ def main_result(value: T) -> T:
 def on_main(work: Callable[[], T]) -> T:
     """work() on the main process only (writing files, small bookkeeping); its result on every process, once done."""
     return main_result(work() if is_main_process() else None)
+
+
+def end_process_group() -> None:
+    """Destroy the process group this process joined under `accelerate launch`, if any; every command ends with it.
+
+    Left to interpreter exit, it aborted the process now and then (`terminate called without an active exception`,
+    SIGABRT): a gloo worker thread still releasing the last collective's tensors needs the GIL to drop their Python
+    objects, and once the interpreter is finalizing, taking the GIL ends that thread inside a C++ destructor, which
+    std::terminate()s. Destroying the group joins those threads while the interpreter still runs.
+    """
+    distributed = sys.modules.get("torch.distributed")  # never imported: no group to end
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        distributed.destroy_process_group()
