@@ -8,7 +8,7 @@ CONSTRAINTS ?= constraints.txt
 TORCH       ?= torch==2.13.0
 PIP_C       := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 
-.PHONY: setup lab demo test bench lock clean
+.PHONY: setup lab demo test wheel-check bench lock clean
 
 setup: $(VENV)/.installed
 
@@ -29,6 +29,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q -ra
+
+# the built wheel in a fresh virtual environment outside the checkout: one API example and one command
+wheel-check:
+	bash .ci/wheel_check.sh
 
 # After upgrading packages in .venv on purpose: rewrite constraints.txt from it (header kept), then run make test
 lock:

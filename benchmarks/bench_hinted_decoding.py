@@ -1,5 +1,5 @@
 """Decoding throughput: Hinted Decoding against (a) the slow reference and (b) `model.generate` of the
-plain stream alone, and plain sampling (`opsft.generation.sample`, what eval, prefs and drift use)
+plain stream alone, and plain sampling (`opsft.engine.generation.sample`, what eval, prefs and drift use)
 against `model.generate`, on the same 16 gsm_symbolic problems.
 
 Generated tokens per second of the shared continuation, greedy, every row writing exactly
@@ -22,10 +22,10 @@ sys.path.insert(0, "tests")
 
 
 def setup(model_name: str):
-    from opsft.data import load_examples
-    from opsft.models import load_model
-    from opsft.realign_run import HINT_TEMPLATE, hinted_prompt
-    from opsft.rendering import prompt_ids
+    from opsft.commands.realign import HINT_TEMPLATE, hinted_prompt
+    from opsft.inputs.data import load_examples
+    from opsft.inputs.models import load_model
+    from opsft.inputs.rendering import prompt_ids
 
     if model_name == "tiny":
         from conftest import make_model, make_tokenizer
@@ -49,8 +49,9 @@ def main() -> None:
 
     from reference_hinted import reference_decode
 
-    from opsft.generation import SamplingConfig, sample
-    from opsft.hinted import HintedDecodingConfig, hinted_decode
+    from opsft.engine.generation import SamplingConfig, sample
+    from opsft.engine.hinted_decoding import hinted_decode
+    from opsft.methods.hinted import HintedDecodingConfig
 
     config = HintedDecodingConfig(temperature=0.0, max_new_tokens=args.new_tokens, answer_marker=None,
                                   repeat_window=0)

@@ -80,8 +80,8 @@ def main() -> None:
 
 
 def build_tiny(directory: Path, examples: int) -> Path:
-    from opsft.data import load_examples
-    from opsft.tiny import build_tiny_model
+    from opsft.inputs.data import load_examples
+    from opsft.inputs.tiny import build_tiny_model
 
     texts = [str(e.prompt) + str(e.completion) for e in load_examples(DATA.format(n=examples)).examples]
     return build_tiny_model(directory / "tiny", texts * 20)
@@ -90,9 +90,9 @@ def build_tiny(directory: Path, examples: int) -> Path:
 def tokenized(model: str, examples: int, device: str = "cpu"):
     import torch
 
-    from opsft.data import load_examples
-    from opsft.models import load_model
-    from opsft.rendering import tokenize_dataset
+    from opsft.inputs.data import load_examples
+    from opsft.inputs.models import load_model
+    from opsft.inputs.rendering import tokenize_dataset
 
     loaded, tokenizer = load_model(model, device=device, dtype=torch.float32 if device == "cpu" else torch.bfloat16)
     data = load_examples(DATA.format(n=examples))
@@ -142,7 +142,7 @@ def _run_variant(variant: str, model: str, examples: int, steps: int, device: st
                   lr_scheduler_type="constant", max_grad_norm=1.0, seed=0, logging_steps=1, save_steps=10_000)
     timer, tokens = StepTimer(), None
     if variant in ("opsft", "opsft_fused"):
-        from opsft.train_run import TrainConfig, run_train
+        from opsft.commands.train import TrainConfig, run_train
 
         run_train(TrainConfig(model=model, data=DATA.format(n=examples), loss="sft", output_dir=out, progress=False,
                               device=device, bf16=device != "cpu", logits_memory_mb=0 if variant == "opsft_fused"
@@ -152,7 +152,7 @@ def _run_variant(variant: str, model: str, examples: int, steps: int, device: st
         from datasets import Dataset
         from trl import SFTConfig, SFTTrainer
 
-        from opsft.train_run import checkpointing_option
+        from opsft.engine.trl_setup import checkpointing_option
 
         loaded, tokenizer, rows = tokenized(model, examples, device)
         dataset = Dataset.from_list([{"input_ids": r.input_ids, "completion_mask": [0] * r.completion_start + [1] * (

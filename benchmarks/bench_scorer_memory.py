@@ -55,7 +55,7 @@ def _status(field: str) -> int:
 def child(method: str, batch: int, length: int, prompt: int, repeats: int) -> None:
     import numpy as np
 
-    from opsft.scoring import score_token_ids
+    from opsft.engine.scoring import score_token_ids
 
     model, ids, sequences = build(batch, length, prompt)
     run = (lambda: naive_phi(model, ids, prompt)) if method == "naive" else (

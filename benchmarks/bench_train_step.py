@@ -1,6 +1,6 @@
 """Training-step cost of each loss against plain SFT, and IDFT's LM head against the authors' formulation.
 
-Part "methods": a real `FamilySFTTrainer.training_step` (forward with TRL's fused LM head, the family's
+Part "methods": a real `SFTTrainer.training_step` (forward with TRL's fused LM head, the family's
 weights, backward) plus an AdamW step, per method, on the tiny test model and on SmolLM2-135M (full
 fine-tuning, fp32). Each method runs in a fresh process: peak extra memory is the rise of the peak
 resident set during the timed steps over what the process held after a warm-up step (weights,
@@ -46,14 +46,13 @@ def _reset_peak() -> int:
 
 def methods_child(model_name: str, method: str, steps: int) -> dict:
     import torch
-    from trl import SFTConfig
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    from opsft.data import load_examples
-    from opsft.losses import LossConfig
-    from opsft.models import load_model
-    from opsft.rendering import tokenize_dataset
-    from opsft.training import FamilyCollator, FamilySFTTrainer, build_train_dataset
+    from opsft.engine.sft_config import SFTConfig
+    from opsft.engine.sft_trainer import FamilyCollator, SFTTrainer, build_train_dataset
+    from opsft.inputs.data import load_examples
+    from opsft.inputs.models import load_model
+    from opsft.inputs.rendering import tokenize_dataset
 
     if model_name == "tiny":
         sys.path.insert(0, "tests")
@@ -73,10 +72,9 @@ def methods_child(model_name: str, method: str, steps: int) -> dict:
     dataset = build_train_dataset(tokenized, ref_log_probs=ref, quality=quality)
     collator = FamilyCollator(DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id))
     args = SFTConfig(output_dir="/tmp/opsft-bench", report_to=[], use_cpu=True, bf16=False, max_steps=100,
-                     per_device_train_batch_size=batch_size, disable_tqdm=True)
-    trainer = FamilySFTTrainer(model=model, args=args, processing_class=tokenizer, train_dataset=dataset,
-                               data_collator=collator, loss_config=LossConfig(loss=method),
-                               logits_memory_mb=0)  # TRL's fused head, whatever the device: what the losses add
+                     per_device_train_batch_size=batch_size, disable_tqdm=True, loss_type=method,
+                     logits_memory_mb=0)  # TRL's fused head, whatever the device: what the losses add
+    trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer, train_dataset=dataset)
     trainer.state.max_steps = 100
     trainer.current_gradient_accumulation_steps = 1  # set by the training loop in a real run
     batch = collator([dataset[i] for i in range(len(dataset))])
@@ -105,7 +103,7 @@ def head_child(method: str, tokens: int) -> dict:
     from trl.kernels import ChunkedLogProbFunction
     from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE
 
-    from opsft.losses import LossConfig, idft_gamma, token_weights, weighted_nll
+    from opsft.methods.losses import LossConfig, idft_gamma, token_weights, weighted_nll
 
     torch.manual_seed(0)
     vocab, hidden_size = 152064, 896

@@ -20,7 +20,9 @@ from conftest import make_model, make_tokenizer
 from reference_hinted import EOS, reference_decode
 from test_bf16 import teacher_forced_gaps
 from test_hinted import MODES, prompts
-from opsft.hinted import hinted_decode
+
+from opsft.engine.hinted_decoding import hinted_decode
+
 
 def gap(a_tokens, a_lambdas, b_tokens, b_lambdas):
     worst, compared = 0.0, 0

@@ -179,9 +179,9 @@ def part_scorer(device: str, sizes: dict, out: Path) -> dict:
     """opsft's scorer against the naive full softmax, bf16 and fp32, at vocabulary 152,064."""
     import numpy as np
     import torch
-
     from bench_scorer_memory import naive_phi
-    from opsft.scoring import score_token_ids
+
+    from opsft.engine.scoring import score_token_ids
 
     ids = token_ids(sizes, sizes["score_batch"], sizes["score_length"])
     prompt = sizes["score_length"] // 4
@@ -201,17 +201,16 @@ def part_scorer(device: str, sizes: dict, out: Path) -> dict:
 
 
 def part_losses(device: str, sizes: dict, out: Path) -> dict:
-    """A training step of every loss against SFT's: FamilySFTTrainer.training_step (fused head, weights,
+    """A training step of every loss against SFT's: opsft's SFTTrainer.training_step (fused head, weights,
     backward) plus AdamW, on the same batch, bf16 weights."""
     import torch
-    from trl import SFTConfig
+    from conftest import make_tokenizer
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    from conftest import make_tokenizer
-    from opsft.losses import LossConfig
-    from opsft.rendering import TokenizedExample
-    from opsft.train_run import checkpointing_option
-    from opsft.training import FamilyCollator, FamilySFTTrainer, build_train_dataset
+    from opsft.engine.sft_config import SFTConfig
+    from opsft.engine.sft_trainer import FamilyCollator, SFTTrainer, build_train_dataset
+    from opsft.engine.trl_setup import checkpointing_option
+    from opsft.inputs.rendering import TokenizedExample
 
     tokenizer = make_tokenizer()
     ids, prompt = token_ids(sizes, sizes["train_batch"], sizes["train_length"], seed=1), sizes["train_length"] // 4
@@ -230,10 +229,9 @@ def part_losses(device: str, sizes: dict, out: Path) -> dict:
         with tempfile.TemporaryDirectory() as scratch:  # the trainer's output_dir (nothing is saved there)
             args = SFTConfig(output_dir=scratch, report_to=[], use_cpu=device == "cpu",
                              bf16=device != "cpu", max_steps=100, per_device_train_batch_size=sizes["train_batch"],
-                             disable_tqdm=True, **{checkpointing_option(SFTConfig): False})
-            trainer = FamilySFTTrainer(model=model, args=args, processing_class=tokenizer, train_dataset=dataset,
-                                       data_collator=collator, loss_config=LossConfig(loss=loss),
-                                       logits_memory_mb=0)  # the fused head, as on CUDA, also in the dry run
+                             disable_tqdm=True, **{checkpointing_option(SFTConfig): False}, loss_type=loss,
+                             logits_memory_mb=0)  # the fused head, as on CUDA, also in the dry run
+            trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer, train_dataset=dataset)
             trainer.state.max_steps = 100
             trainer.current_gradient_accumulation_steps = 1
             optimizer = torch.optim.AdamW(trainer.model.parameters(), lr=1e-5)
@@ -253,7 +251,6 @@ def part_losses(device: str, sizes: dict, out: Path) -> dict:
 def part_peer(device: str, sizes: dict, out: Path) -> dict:
     """bench_peer_step.py's three steps on the check's model (saved with the tests' tokenizer), bf16 on the GPU."""
     import torch
-
     from conftest import make_tokenizer
 
     with tempfile.TemporaryDirectory() as scratch:  # the saved model, removed afterwards
@@ -275,8 +272,9 @@ def part_decoding(device: str, sizes: dict, out: Path) -> dict:
     second, greedy, every row writing exactly new_tokens tokens, bf16."""
     import torch
 
-    from opsft.generation import SamplingConfig, sample
-    from opsft.hinted import HintedDecodingConfig, hinted_decode
+    from opsft.engine.generation import SamplingConfig, sample
+    from opsft.engine.hinted_decoding import hinted_decode
+    from opsft.methods.hinted import HintedDecodingConfig
 
     model = build_model(sizes, device, torch.bfloat16)
     n, length, new = sizes["decode_batch"], sizes["prompt_length"], sizes["new_tokens"]

@@ -14,9 +14,9 @@ import argparse
 import json
 from pathlib import Path
 
-from opsft.eval_run import EvalConfig, run_eval
-from opsft.lab import CHAIN, LETTERS, _gym_rows
-from opsft.score_run import ScoreConfig, run_score
+from opsft.commands.eval import EvalConfig, run_eval
+from opsft.commands.score import ScoreConfig, run_score
+from opsft.lab.study import CHAIN, LETTERS, _gym_rows
 
 TASKS = {  # name -> (reasoning-gym task, query)
     "chain_sum, 3 terms of 1 digit": ("chain_sum", CHAIN.format(t=3, d0=1, d1=1)),

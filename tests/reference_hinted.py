@@ -8,7 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from opsft.hinted import HintedDecodingConfig
+from opsft.methods.hinted import HintedDecodingConfig
 
 EOS = 2
 

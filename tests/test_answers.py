@@ -1,6 +1,6 @@
 import pytest
 
-from opsft.answers import answer_matches, final_answer
+from opsft.methods.answers import answer_matches, final_answer
 
 
 @pytest.mark.parametrize("text, answer", [

@@ -15,15 +15,15 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import DEVICES, make_model
 from reference_hinted import EOS, reference_decode
 from test_ddt import random_sequences, reference_phi
 from test_hinted import MODES, prompts
 from test_training import ROWS, config, logged
-from opsft.generation import SamplingConfig, sample
-from opsft.hinted import hinted_decode
-from opsft.scoring import score_token_ids
+
+from opsft.engine.generation import SamplingConfig, sample
+from opsft.engine.hinted_decoding import hinted_decode
+from opsft.engine.scoring import score_token_ids
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +123,7 @@ def test_training_in_bf16(training_inputs, tmp_path, loss, head, device):
     """`opsft train --bf16`: weights in bf16 and bf16 mixed precision (what a GPU run does), two steps, through
     the logits or the fused LM head (lm_head.py). Each logged loss is within 2 % of the fp32 run's (measured: 0.7 %
     at most, IDFT's second step) and the saved model is bf16."""
-    from opsft.train_run import run_train
+    from opsft.commands.train import run_train
 
     fp32 = run_train(config(*training_inputs, tmp_path / "fp32", loss=loss, max_steps=2, device=device, bf16=False,
                             logits_memory_mb=head))

@@ -6,8 +6,8 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import launch
+
 from opsft.cli import main
 
 ROWS = [{"question": f"What is {a} + {b}?", "solution": f"{a} + {b} = {a + b}. #### {a + b}", "id": i}
@@ -265,7 +265,7 @@ def test_a_second_run_on_the_same_output_directory_is_refused(tmp_path, tiny_mod
     out = tmp_path / "out"
     holder = subprocess.Popen([sys.executable, "-c", f"""
 import time, sys
-from opsft.locking import output_lock
+from opsft.runtime.locking import output_lock
 with output_lock({str(out)!r}, "opsft score"):
     print("locked", flush=True)
     time.sleep(60)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from opsft.control.data import D4RL_REFERENCE_SCORES, episodes_from_transitions, load_episodes, reference_scores
-from opsft.errors import OpsftError
+from opsft.runtime.errors import OpsftError
 
 LENGTHS = [3, 2, 4]  # three episodes, then 2 transitions that never end
 

@@ -11,7 +11,7 @@ import torch
 
 from opsft.control.curation import percentile_tiers, quality, top_fraction
 from opsft.control.objectives import ObjectiveConfig, ema_update, episode_nll, objective
-from opsft.errors import OpsftError
+from opsft.runtime.errors import OpsftError
 
 
 def test_percentile_tiers_duplicate_the_best_episodes():

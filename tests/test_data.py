@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from opsft.data import load_examples
-from opsft.errors import DataError, OpsftError
-from opsft.rendering import tokenize_dataset
+from opsft.inputs.data import load_examples
+from opsft.inputs.rendering import tokenize_dataset
+from opsft.runtime.errors import DataError, OpsftError
 
 PC_ROWS = [{"prompt": "Q: 1+1?\nA:", "completion": " 2"}, {"prompt": "Q: 2+2?\nA:", "completion": " 4"}]
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import make_model
-from opsft.ddt import logprobs_and_entropy, phi_statistics, token_phi
-from opsft.scoring import score_token_ids
+
+from opsft.engine.scoring import score_token_ids
+from opsft.methods.ddt import logprobs_and_entropy, phi_statistics, token_phi
 
 
 def reference_phi(model, ids: list[int], start: int, temperature: float) -> np.ndarray:

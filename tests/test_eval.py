@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 import yaml
-
 from conftest import launch, make_tokenizer
+
 from opsft.cli import main
 
 ROWS = [{"question": f"What is {a} + {b}?", "answer": str(a + b)} for a in range(6) for b in range(3)]
@@ -98,7 +98,7 @@ def test_lora_adapter_evaluates_like_the_merged_model(tmp_path, tiny_model_dir, 
 
 
 def test_interrupted_eval_resumes_without_regenerating(tmp_path, tiny_model_dir, data, monkeypatch):
-    import opsft.evaluation
+    import opsft.engine.evaluation
 
     assert run_eval(tiny_model_dir, tmp_path / "out", data, "--k", "2", "--temperature", "1.0") == 0
     complete = samples(tmp_path / "out")
@@ -106,13 +106,13 @@ def test_interrupted_eval_resumes_without_regenerating(tmp_path, tiny_model_dir,
     lines = log.read_text().splitlines()
     log.write_text("\n".join(lines[:5]) + "\n" + lines[5][:30])  # 4 problems done, killed while writing
     generated = []
-    real_sample = opsft.evaluation.sample
+    real_sample = opsft.engine.evaluation.sample
 
     def counting(model, prompts, *args, **kwargs):
         generated.append(len(prompts))
         return real_sample(model, prompts, *args, **kwargs)
 
-    monkeypatch.setattr(opsft.evaluation, "sample", counting)
+    monkeypatch.setattr(opsft.engine.evaluation, "sample", counting)
     assert run_eval(tiny_model_dir, tmp_path / "out", data, "--k", "2", "--temperature", "1.0") == 0
     assert sum(generated) == 2 * (len(ROWS) - 4)
     assert samples(tmp_path / "out") == complete
@@ -160,14 +160,14 @@ def test_two_processes_evaluate_like_one_and_resume_with_another_count(tmp_path,
               for line in p.read_text().splitlines()[1:]]
     assert sorted(logged) == list(range(len(ROWS)))  # nothing generated twice
     same(outputs(partial), one)
-    import opsft.drift
-    import opsft.evaluation
+    import opsft.engine.drift
+    import opsft.engine.evaluation
 
     def no_sampling(*args, **kwargs):
         raise AssertionError("generated again")
 
-    monkeypatch.setattr(opsft.evaluation, "sample", no_sampling)
-    monkeypatch.setattr(opsft.drift, "sample", no_sampling)
+    monkeypatch.setattr(opsft.engine.evaluation, "sample", no_sampling)
+    monkeypatch.setattr(opsft.engine.drift, "sample", no_sampling)
     assert main(["eval", *flags, "--out", str(partial)]) == 0
     same(outputs(partial), one)
 
@@ -200,7 +200,7 @@ def drift_of(tmp_path, model, base, data, name):
 
 
 def test_drift_is_zero_for_the_base_and_grows_over_fine_tuning(tmp_path, tiny_model_dir, data):
-    from opsft.train_run import TrainConfig, run_train
+    from opsft.commands.train import TrainConfig, run_train
 
     train = write_jsonl(tmp_path / "train.jsonl",
                         [{"question": r["question"], "answer": f"It is {r['answer']}. #### {r['answer']}"}

@@ -6,8 +6,16 @@ import math
 
 import pytest
 
-from opsft.evaluation import (accuracy_summary, avg_at_k, macro_mean_interval, mean_interval, paired_difference,
-                              pass_at_k, pass_at_k_one, wilson_interval)
+from opsft.engine.evaluation import (
+    accuracy_summary,
+    avg_at_k,
+    macro_mean_interval,
+    mean_interval,
+    paired_difference,
+    pass_at_k,
+    pass_at_k_one,
+    wilson_interval,
+)
 
 RESULTS = [[True, False, False, True], [False, False, False, False], [True, True, True, True]]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import make_model
-from opsft.generation import SamplingConfig, row_seed, sample, sample_token
+
+from opsft.engine.generation import SamplingConfig, row_seed, sample, sample_token
 
 # transformers renamed the KV cache argument (past_key_values -> cache) and warns on the old name: decoding uses
 # the name the installed version has (generation.CACHE), so no FutureWarning may reach these tests

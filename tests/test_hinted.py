@@ -6,11 +6,12 @@ import dataclasses
 
 import pytest
 import torch
-
 from conftest import make_model
 from reference_hinted import EOS, reference_decode
-from opsft.generation import RepetitionDetector, sample_token
-from opsft.hinted import HintedDecodingConfig, hinted_decode, mixing_lambda, mixture_logprobs
+
+from opsft.engine.generation import RepetitionDetector, sample_token
+from opsft.engine.hinted_decoding import hinted_decode
+from opsft.methods.hinted import HintedDecodingConfig, mixing_lambda, mixture_logprobs
 
 # transformers renamed the KV cache argument (past_key_values -> cache) and warns on the old name: decoding uses
 # the name the installed version has (generation.CACHE), so no FutureWarning may reach these tests

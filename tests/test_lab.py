@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import launch
+
 from opsft.cli import main
-from opsft.lab import METHODS, running_sums
+from opsft.lab.methods import METHODS
+from opsft.lab.study import running_sums
 
 
 def test_running_sums_rationale():
@@ -182,7 +183,7 @@ def test_learning_rates_are_chosen_on_held_out_training_problems(tiny_lab):
 def test_test_sets_are_read_only_by_the_final_evaluations(tmp_path, monkeypatch):
     """A lab whose test files and drift prompts hold no valid row until the final evaluations begin (stage 6) still
     scores, re-aligns, samples pairs and chooses learning rates: nothing before stage 6 reads them."""
-    from opsft.lab import Lab, _gym_rows
+    from opsft.lab.study import Lab, _gym_rows
 
     rows = _gym_rows("gym:chain_sum?size=8&seed=1001&min_terms=3&max_terms=3&min_digits=1&max_digits=1", "task")
     files = {name: tmp_path / f"{name}.jsonl" for name in ("in", "out", "drift")}
@@ -226,9 +227,9 @@ def test_rerun_reuses_every_stage(tiny_lab, capsys):
 
 
 @pytest.mark.parametrize("target, dies_at, stage", [
-    ("opsft.score_run.run_score", 1, "2/7 score"), ("opsft.realign_run.run_realign", 1, "3/7 realign"),
-    ("opsft.eval_run.run_eval", 1, "4/7 select"), ("opsft.train_run.run_train", 7, "5/7 train"),
-    ("opsft.eval_run.run_eval", 7, "6/7 eval")])
+    ("opsft.commands.score.run_score", 1, "2/7 score"), ("opsft.commands.realign.run_realign", 1, "3/7 realign"),
+    ("opsft.commands.eval.run_eval", 1, "4/7 select"), ("opsft.commands.train.run_train", 7, "5/7 train"),
+    ("opsft.commands.eval.run_eval", 7, "6/7 eval")])
 def test_killed_lab_continues_from_the_interrupted_stage(tmp_path, monkeypatch, capsys, target, dies_at, stage):
     """sft and sft_realigned each choose between two rates (4 trainings and 4 validations in stage 4), then stage 5
     trains the 4 other runs (idft's two seeds, the second seed of the others), stage 6 evaluates the base and 6 runs."""
@@ -262,8 +263,8 @@ def test_killed_lab_continues_from_the_interrupted_stage(tmp_path, monkeypatch, 
 
 def test_lab_on_your_own_model_and_files(tmp_path, capsys):
     """Every default replaced: a local model directory, JSONL files with their own column names, sets from YAML."""
-    from opsft.lab import _gym_rows
-    from opsft.tiny import build_tiny_model
+    from opsft.inputs.tiny import build_tiny_model
+    from opsft.lab.study import _gym_rows
 
     rows = _gym_rows("gym:chain_sum?size=16&seed=0&min_terms=2&max_terms=2&min_digits=1&max_digits=1", "running_sums")
     model = build_tiny_model(tmp_path / "my-model", [r["question"] + " " + r["solution"] for r in rows] * 4)
@@ -300,8 +301,8 @@ def test_shipped_lab_configs_are_valid_labs(tmp_path):
     import yaml
 
     from opsft.cli import _build_config
-    from opsft.eval_run import EvalConfig, eval_sets
-    from opsft.lab import LabConfig, eval_suite
+    from opsft.commands.eval import EvalConfig, eval_sets
+    from opsft.lab.study import LabConfig, eval_suite
 
     configs = sorted((Path(__file__).parent.parent / "configs" / "lab").glob("*.yaml"))
     assert len(configs) >= 2
@@ -316,8 +317,9 @@ def test_shipped_lab_configs_are_valid_labs(tmp_path):
 
 
 def test_methods_are_named_or_loss_at_data():
-    from opsft.errors import OpsftError
-    from opsft.lab import LabConfig, method_spec
+    from opsft.lab.methods import method_spec
+    from opsft.lab.study import LabConfig
+    from opsft.runtime.errors import OpsftError
 
     assert method_spec("sft_realigned") == ("sft", "realigned") and method_spec("eaft@rejection") == ("eaft", "rejection")
     assert method_spec("asft@raw") == ("asft", "raw") and method_spec("simpo@prefs") == ("simpo", "prefs")
@@ -334,7 +336,7 @@ def test_rejection_data_are_the_models_answers_to_training_problems_only(tiny_la
     rows are the base model's own samples of training problems, none of them a test problem."""
     import yaml
 
-    from opsft.data import load_examples
+    from opsft.inputs.data import load_examples
 
     out = tiny_lab / "weak"
     rows = [json.loads(line) for line in (out / "rejection" / "rejection.jsonl").read_text().splitlines()]
@@ -359,8 +361,8 @@ def test_rejection_data_are_the_models_answers_to_training_problems_only(tiny_la
 
 
 def test_learning_rate_grids_and_regimes_are_checked_before_anything_runs():
-    from opsft.errors import OpsftError
-    from opsft.lab import LabConfig, validation_split
+    from opsft.lab.study import LabConfig, validation_split
+    from opsft.runtime.errors import OpsftError
 
     with pytest.raises(OpsftError, match="needs a validation split"):
         LabConfig(profile="quick", learning_rates=[1e-4, 3e-4])
@@ -383,7 +385,7 @@ def test_learning_rate_grids_and_regimes_are_checked_before_anything_runs():
 
 
 def test_the_full_profiles_lora_grid_becomes_a_full_fine_tuning_grid_without_lora():
-    from opsft.lab import FULL_FINE_TUNING_GRID, PROFILES, LabConfig
+    from opsft.lab.study import FULL_FINE_TUNING_GRID, PROFILES, LabConfig
 
     assert LabConfig(profile="full").resolved()["learning_rates"] == PROFILES["full"]["learning_rates"]
     assert LabConfig(profile="full", lora=False).resolved()["learning_rates"] == FULL_FINE_TUNING_GRID

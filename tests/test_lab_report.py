@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from opsft.lab_report import _cell, _problem_ci95, method_colors
+from opsft.lab.report import _cell, _problem_ci95, method_colors
 
 
 def write_eval(directory, sets):

@@ -4,12 +4,12 @@ example at a time; and the training step through the logits against the step thr
 from __future__ import annotations
 
 import pytest
-import torch
-
-from opsft import lm_head
-from opsft.train_run import run_train
 import test_training
+import torch
 from test_training import METHODS, RecordGradients, config, logged
+
+from opsft.commands.train import run_train
+from opsft.engine import lm_head
 
 model_dir, data_path = test_training.model_dir, test_training.data_path  # its fixtures: the tiny model, the rows
 

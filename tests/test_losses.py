@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from opsft.errors import OpsftError
-from opsft.losses import LossConfig, family_loss, idft_gamma, idft_lambda, token_weights, weighted_nll
+from opsft.methods.losses import LossConfig, family_loss, idft_gamma, idft_lambda, token_weights, weighted_nll
+from opsft.runtime.errors import OpsftError
 
 B, T, V = 3, 7, 11
 
@@ -227,7 +227,7 @@ def test_bad_options_say_what_to_change(change, message):
 def test_sequence_importance_weights_by_hand():
     """w_b = clamp(exp(kappa * mean_t r_bt), 0, w_max), masked positions only; self-normalised to mean 1 over the
     sequences with positions (the iw-SFT control configuration: kappa 10, w_max 1000)."""
-    from opsft.losses import sequence_importance_weights
+    from opsft.methods.losses import sequence_importance_weights
 
     r = torch.tensor([[0.1, 0.3, 9.0], [-0.2, 0.0, 0.0], [0.5, 0.5, 0.5], [1.0, 1.0, 1.0]], dtype=torch.float64)
     mask = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1], [0, 0, 0]])
@@ -244,7 +244,7 @@ def test_sequence_importance_weights_by_hand():
 
 
 def test_token_importance_weights_by_hand():
-    from opsft.losses import token_importance_weights
+    from opsft.methods.losses import token_importance_weights
 
     r = torch.tensor([0.05, -0.3, 0.2], dtype=torch.float64)
     weights, raw = token_importance_weights(r, low=0.0, high=2.0, kappa=10.0)

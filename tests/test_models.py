@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from opsft import models
-from opsft.errors import OpsftError
-from opsft.models import cache_dir, load_model
+from opsft.inputs import models
+from opsft.inputs.models import cache_dir, load_model
+from opsft.runtime.errors import OpsftError
 
 
 def test_local_directory_loads_in_fp32_on_cpu(tiny_model_dir, tiny_model):

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from opsft.cli import COMMANDS
-from opsft.errors import OpsftError
-from opsft.eval_run import EvalSet
-from opsft.losses import LossConfig
-from opsft.options import check_device, read_yaml, template_rule, typed
-from opsft.score_run import ScoreConfig
+from opsft.commands.eval import EvalSet
+from opsft.commands.score import ScoreConfig
+from opsft.methods.losses import LossConfig
+from opsft.runtime.errors import OpsftError
+from opsft.runtime.options import check_device, read_yaml, template_rule, typed
 
 REQUIRED = {"model": "m", "data": "d", "runs": ["r"]}
 CONFIGS = {name: cls for name, (cls, _, _) in COMMANDS.items()}

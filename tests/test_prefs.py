@@ -7,12 +7,12 @@ import json
 
 import datasets
 import pytest
-
 from conftest import launch
+
 from opsft.cli import main
-from opsft.data import load_preferences
-from opsft.preference_training import fit_pairs
-from opsft.prefs_run import make_pairs
+from opsft.commands.prefs import make_pairs
+from opsft.engine.preference_training import fit_pairs
+from opsft.inputs.data import load_preferences
 
 ROWS = [{"question": f"What is {a} + {b}?", "answer": str(a + b)} for a in range(4) for b in range(3)]
 
@@ -203,7 +203,7 @@ def test_smollm2_prefs_then_dpo_and_simpo_with_lora(tmp_path):
 def test_a_killed_dpo_run_resumes_with_its_whole_token_count(tmp_path, tiny_model_dir, prefs):
     from transformers import TrainerCallback
 
-    from opsft.train_run import TrainConfig, run_train
+    from opsft.commands.train import TrainConfig, run_train
 
     class StopAt(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):

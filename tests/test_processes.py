@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
-from opsft import cli, processes
-from opsft.errors import OpsftError
+from opsft import cli
+from opsft.runtime import processes
+from opsft.runtime.errors import OpsftError
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads the threads from /proc")
 
@@ -18,7 +19,8 @@ pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="re
 LAUNCHED = """
 import os, sys
 import torch.distributed as distributed
-from opsft import cli, processes
+from opsft import cli
+from opsft.runtime import processes
 if sys.argv[1] == "end":
     assert processes.main_result(processes.state().process_index) == 0
     processes.end_process_group()

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import launch
+
 from opsft.cli import main
-from opsft.data import load_examples
-from opsft.realign_run import RealignConfig, hinted_prompt, run_realign
+from opsft.commands.realign import RealignConfig, hinted_prompt, run_realign
+from opsft.inputs.data import load_examples
 
 ROWS = [{"question": f"What is {a} + {b}?", "solution": f"{a} + {b} = {a + b}.\n#### {a + b}"}
         for a, b in [(1, 2), (17, 25), (3, 4), (10, 32), (5, 5)]]
@@ -129,8 +129,8 @@ def test_skip_invalid_counts_prompts_over_the_context(tiny_model_dir, tmp_path):
 def test_analysis_first_is_greedy_and_reaches_the_hinted_stream(tiny_model_dir, tiny_model, tokenizer, tmp_path):
     import torch
 
-    from opsft.realign_run import write_analyses
-    from opsft.rendering import prompt_ids
+    from opsft.commands.realign import write_analyses
+    from opsft.inputs.rendering import prompt_ids
 
     data = write_jsonl(tmp_path / "d.jsonl", ROWS[:2])
     cfg = config(tiny_model_dir, data, tmp_path / "o", analysis=True, analysis_max_tokens=6, require_correct=False,

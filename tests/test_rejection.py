@@ -8,7 +8,7 @@ import json
 import pytest
 
 from opsft.cli import main
-from opsft.rejection_run import keep_correct
+from opsft.commands.rejection import keep_correct
 
 ROWS = [{"question": f"What is {a} + {b}?", "answer": str(a + b)} for a in range(4) for b in range(3)]
 
@@ -50,9 +50,9 @@ def rejection(tmp_path, model_dir, data, *extra):
 
 
 def test_rejection_keeps_only_the_models_own_correct_samples(tmp_path, tiny_model_dir, data, monkeypatch):
-    import opsft.evaluation
+    import opsft.engine.evaluation
 
-    monkeypatch.setattr(opsft.evaluation, "answer_matches", judge)
+    monkeypatch.setattr(opsft.engine.evaluation, "answer_matches", judge)
     assert rejection(tmp_path, tiny_model_dir, data) == 0
     out = tmp_path / "out"
     kept = [json.loads(line) for line in (out / "rejection.jsonl").read_text().splitlines()]
@@ -74,10 +74,10 @@ def test_rejection_keeps_only_the_models_own_correct_samples(tmp_path, tiny_mode
     assert summary["kept"] + sum(summary["samples_not_kept"].values()) == summary["samples"] == 4 * len(ROWS)
     assert summary["prompts_kept"] == len(per_problem)
     # the samples are the model's own: the first kept one, generated again from its seed, alone
-    from opsft.generation import SamplingConfig, decoded_text, eos_token_ids, row_seed
-    from opsft.generation import sample as generate
-    from opsft.models import load_model
-    from opsft.rendering import prompt_ids
+    from opsft.engine.generation import SamplingConfig, decoded_text, eos_token_ids, row_seed
+    from opsft.engine.generation import sample as generate
+    from opsft.inputs.models import load_model
+    from opsft.inputs.rendering import prompt_ids
 
     model, tokenizer = load_model(str(tiny_model_dir))
     first = kept[0]["rejection"]
@@ -90,9 +90,9 @@ def test_rejection_keeps_only_the_models_own_correct_samples(tmp_path, tiny_mode
 
 
 def test_rejection_data_trains_and_a_rerun_resumes(tmp_path, tiny_model_dir, data, monkeypatch, capsys):
-    import opsft.evaluation
+    import opsft.engine.evaluation
 
-    monkeypatch.setattr(opsft.evaluation, "answer_matches", judge)
+    monkeypatch.setattr(opsft.engine.evaluation, "answer_matches", judge)
     assert rejection(tmp_path, tiny_model_dir, data) == 0
     first = (tmp_path / "out" / "rejection.jsonl").read_text()
     assert rejection(tmp_path, tiny_model_dir, data) == 0  # a rerun reads its log and writes the same file

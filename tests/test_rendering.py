@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from conftest import make_tokenizer
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
-from conftest import make_tokenizer
-from opsft.rendering import prompt_format, render_plain, to_trl_record, tokenize_example
+from opsft.inputs.rendering import prompt_format, render_plain, to_trl_record, tokenize_example
 
 CONVERSATIONAL = [
     ([{"role": "user", "content": "Solve 3x + 4 = 19"}], [{"role": "assistant", "content": "x = 5. #### 5"}]),

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from opsft.errors import OpsftError
-from opsft.resumable import ResultLog, read_records
+from opsft.runtime.errors import OpsftError
+from opsft.runtime.resumable import ResultLog, read_records
 
 
 def test_log_reopens_with_its_records_and_drops_a_torn_last_line(tmp_path):

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from opsft.data import Example
-from opsft.rendering import tokenize_example
-from opsft.scoring import score_examples, score_token_ids
+from opsft.engine.scoring import score_examples, score_token_ids
+from opsft.inputs.data import Example
+from opsft.inputs.rendering import tokenize_example
 
 
 def examples():

@@ -8,17 +8,17 @@ import json
 
 import pytest
 import torch
+from conftest import launch, make_model
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
-from conftest import launch, make_model
-from opsft.errors import DataError, OpsftError
-from opsft.models import load_model
-from opsft.rendering import to_trl_record
-from opsft.checkpoints import CHECKPOINT_FILE
-from opsft.train_run import (CHECKPOINTING_OPTIONS, TrainConfig, checkpointing_option, run_train,
-                             trl_arguments)
+from opsft.commands.train import TrainConfig, run_train
+from opsft.engine.trl_setup import CHECKPOINTING_OPTIONS, checkpointing_option, trl_arguments
+from opsft.inputs.models import load_model
+from opsft.inputs.rendering import to_trl_record
+from opsft.runtime.checkpoints import CHECKPOINT_FILE
+from opsft.runtime.errors import DataError, OpsftError
 
 ROWS = [{"question": f"What is {a} + {b}?", "solution": f"{a} + {b} = {a + b}. #### {a + b}",
          "quality": q} for (a, b), q in zip([(1, 2), (17, 25), (3, 4), (10, 32), (5, 5), (6, 7), (8, 9), (2, 2)],
@@ -328,7 +328,7 @@ def test_lora_target_modules_are_checked_against_the_model(model_dir, data_path,
 
 
 def test_a_refusal_names_the_earlier_run_by_step_order(tmp_path):
-    from opsft.checkpoints import _describe
+    from opsft.runtime.checkpoints import _describe
 
     paths = [tmp_path / f"checkpoint-{n}" for n in (5, 10, 15, 20, 25)] + [tmp_path / "opsft_run.json"]
     assert _describe(paths) == "checkpoint-5 ... checkpoint-25 (5 checkpoints), opsft_run.json"

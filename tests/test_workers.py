@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from opsft.workers import run_each
+from opsft.runtime.workers import run_each
 
 
 def threads_and_square(x: int) -> tuple[int, int]:

@@ -1,15 +1,18 @@
 """opsft: on-policy supervised fine-tuning.
 
-Diagnose how far SFT data lies from a model's own distribution (DDT, `score_examples`), and
-the pieces every later step stands on: `load_model`, `load_examples`, `tokenize_example`.
+Train with any loss of the family from your own TRL script (`SFTConfig(loss_type="idft")`, `SFTTrainer`),
+diagnose how far SFT data lies from a model's own distribution (DDT, `score_examples`), and the pieces every
+later step stands on: `load_model`, `load_examples`, `tokenize_example`.
 """
 
-from .data import Example, LoadedData, load_examples
-from .ddt import phi_statistics, token_phi
-from .errors import DataError, OpsftError
-from .models import load_model
-from .rendering import tokenize_example
-from .scoring import ScoredExample, score_examples, score_token_ids
+from .engine.scoring import ScoredExample, score_examples, score_token_ids
+from .engine.sft_config import SFTConfig
+from .engine.sft_trainer import SFTTrainer
+from .inputs.data import Example, LoadedData, load_examples
+from .inputs.models import load_model
+from .inputs.rendering import tokenize_example
+from .methods.ddt import phi_statistics, token_phi
+from .runtime.errors import DataError, OpsftError
 
 __version__ = "0.1.0"
 
@@ -18,6 +21,8 @@ __all__ = [
     "Example",
     "LoadedData",
     "OpsftError",
+    "SFTConfig",
+    "SFTTrainer",
     "ScoredExample",
     "load_examples",
     "load_model",

@@ -11,18 +11,18 @@ import traceback
 import types
 import typing
 
-from .errors import OpsftError
-from .locking import output_lock
-from .options import read_yaml, typed
-from .processes import end_process_group
-from .compare_run import CompareConfig, run_compare
-from .eval_run import EvalConfig, run_eval
-from .lab import LabConfig, run_lab
-from .prefs_run import PrefsConfig, run_prefs
-from .realign_run import RealignConfig, run_realign
-from .rejection_run import RejectionConfig, run_rejection
-from .score_run import ScoreConfig, run_score
-from .train_run import TrainConfig, run_train
+from .commands.compare import CompareConfig, run_compare
+from .commands.eval import EvalConfig, run_eval
+from .commands.prefs import PrefsConfig, run_prefs
+from .commands.realign import RealignConfig, run_realign
+from .commands.rejection import RejectionConfig, run_rejection
+from .commands.score import ScoreConfig, run_score
+from .commands.train import TrainConfig, run_train
+from .lab.study import LabConfig, run_lab
+from .runtime.errors import OpsftError
+from .runtime.locking import output_lock
+from .runtime.options import read_yaml, typed
+from .runtime.processes import end_process_group
 
 COMMANDS = {
     "score": (ScoreConfig, run_score,

@@ -1,6 +1,6 @@
 """Continuous control: iw-SFT, filtered behaviour cloning and SFT(Q) for policies trained from offline
 trajectories (the iw-SFT paper's second half, arXiv 2507.12856). The weights are the loss family's own
-(`opsft.losses`), applied to [episodes x steps] log-probs of a Gaussian policy.
+(`opsft.methods.losses`), applied to [episodes x steps] log-probs of a Gaussian policy.
 
     data.py        trajectories in: D4RL hdf5, Minari, npz; episodes, returns, normalised scores
     policy.py      the Gaussian MLP policy, its log-probs, entropy and DDT phi

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import OpsftError
+from ..runtime.errors import OpsftError
 from .data import Episodes
 
 ALGORITHMS = ("bc", "td3_plus_bc", "iql", "cql")

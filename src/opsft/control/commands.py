@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import OpsftError
-from ..models import cache_dir
-from ..options import REQUIRED, Options, option
+from ..inputs.models import cache_dir
+from ..runtime.errors import OpsftError
+from ..runtime.options import REQUIRED, Options, option
 from .curation import AUTHORS_TIERS, percentile_tiers, quality, top_fraction
 from .data import Episodes, load_episodes, reference_scores
 from .evaluation import return_summary, rollout_returns

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from ..errors import OpsftError
+from ..runtime.errors import OpsftError
 
 AUTHORS_TIERS = (90.0, 95.0, 98.0)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import OpsftError
+from ..runtime.errors import OpsftError
 
 # (random, expert) returns of the D4RL locomotion tasks, from d4rl/infos.py
 D4RL_REFERENCE_SCORES = {

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import torch
 
-from ..errors import OpsftError
+from ..runtime.errors import OpsftError
 from .policy import GaussianPolicy
 
 

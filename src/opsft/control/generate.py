@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import OpsftError
-from ..workers import run_each
+from ..runtime.errors import OpsftError
+from ..runtime.workers import run_each
 
 CONTROLLER = np.array([1.0, 20.0, 2.0, 2.0])
 

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..models import cache_dir
-from ..options import Options, option
-from ..workers import run_each
+from ..inputs.models import cache_dir
+from ..runtime.options import Options, option
+from ..runtime.workers import run_each
 from .commands import BaselineConfig, TrainConfig, run_baseline, run_train, start
 from .lab_report import write_report
 

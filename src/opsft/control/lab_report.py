@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..lab_report import write_html
+from ..lab.report import write_html
 from .commands import curated_indices, episode_phi, phi_statistics
 from .data import load_episodes
 from .plots import plot_phi, plot_returns, plot_scores, plot_training_curves

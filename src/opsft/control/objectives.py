@@ -13,7 +13,7 @@ whatever its length.
     iwsftq           L = mean_b w_b q_b nll_b
 
 q is the proposal, an exponential moving average of the policy (`ema_update`), p_ref the frozen BC policy.
-The importance weights are the loss family's own (`opsft.losses`); no gradient flows through them. The
+The importance weights are the loss family's own (`opsft.methods.losses`); no gradient flows through them. The
 authors' configuration: kappa 10, w_max 1000, step_clip 2, EMA decay 0.9.
 """
 
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..losses import sequence_importance_weights, token_importance_weights
-from ..options import Options, option
+from ..methods.losses import sequence_importance_weights, token_importance_weights
+from ..runtime.options import Options, option
 
 METHODS = ("bc", "bc_transitions", "filtered_bc", "iwsft", "sftq", "iwsftq")
 

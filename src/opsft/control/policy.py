@@ -9,7 +9,7 @@ h = 1, the authors' setting). log pi sums over action dimensions (nats). The det
 DDT for a policy (none had it): per step, phi_t = log pi(a_t | s_t) + H(pi(. | s_t)), with the Gaussian's
 entropy in closed form, H = sum_i (log sigma_i + (1 + log 2 pi) / 2). On the policy's own actions
 E[phi_t] = 0 exactly (each dimension contributes (1 - z^2) / 2, z ~ N(0, 1)); demonstrations that lie away
-from the policy score below 0. The same statistic as `opsft.ddt.token_phi`, with densities for probabilities.
+from the policy score below 0. The same statistic as `opsft.methods.ddt.token_phi`, with densities for probabilities.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import math
 import torch
 from torch import nn
 
-from ..ddt import token_phi
+from ..methods.ddt import token_phi
 
 LOG_STD_BOUNDS = (-5.0, 2.0)
 
@@ -98,7 +98,7 @@ def load_policy(path) -> tuple[GaussianPolicy, dict]:
     """A policy saved by save_policy, and its meta."""
     import pickle
 
-    from ..errors import OpsftError
+    from ..runtime.errors import OpsftError
 
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)

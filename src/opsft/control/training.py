@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..losses import sequence_importance_weights, token_importance_weights
+from ..methods.losses import sequence_importance_weights, token_importance_weights
 from .data import Episodes
 from .objectives import ObjectiveConfig, ema_update, objective
 from .policy import GaussianPolicy

@@ -1,0 +1,87 @@
+"""The model's own answers to a dataset's prompts, each checked against the reference: k samples per
+prompt, logged as they are made (a rerun resumes), from which `opsft prefs` builds preference pairs and
+`opsft rejection` keeps the correct ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ..inputs.data import Example, LoadedData, load_examples
+from ..inputs.models import load_model
+from ..inputs.rendering import fitting_prompts, prompt_ids, use_prompt_format
+from ..runtime.errors import DataError, nothing_left
+from ..runtime.options import REQUIRED, Options, option
+from ..runtime.resumable import ShardedLog
+from .evaluation import sample_and_check
+from .generation import SamplingConfig
+
+# options that change where or how a run reports, or what is made from the samples, not the samples
+NOT_SAMPLING = ("out", "batch_size", "device", "overwrite", "progress", "max_length")
+
+
+@dataclass
+class SamplingOptions(Options):
+    model: str = option(REQUIRED, "model whose own samples are used (alias, directory or hub id)")
+    data: str = option(REQUIRED, "prompts with reference solutions (as for opsft score)")
+    out: str = option("runs/samples", "output directory (a rerun resumes in it)", output_dir=True)
+    prompt_field: str | None = option(None, "column holding the question")
+    completion_field: str | None = option(None, "column holding the reference solution")
+    messages_field: str | None = option(None, "column holding a message list")
+    answer_field: str | None = option(None, "column holding the reference final answer")
+    limit: int | None = option(None, "use the first N prompts", at_least=1)
+    skip_invalid: bool = option(False, "skip bad rows (counted by reason) instead of stopping at the first")
+    prompt_format: str | None = option(None, "chat or plain (required for a model with no chat template)",
+                                       choices=["chat", "plain"])
+    k: int = option(4, "samples per prompt", at_least=1)
+    temperature: float = option(1.0, "sampling temperature (> 0: the samples must differ)", above=0)
+    top_p: float = option(1.0, "nucleus kept before sampling", above=0, at_most=1)
+    max_new_tokens: int = option(512, "length cap of a sample", at_least=1)
+    max_length: int = option(2048, "token limit of prompt + sample (a longer prompt is an error, or skipped)",
+                             at_least=2)
+    repeat_window: int = option(0, "stop a sample when a window of this many tokens (0: never) ...", at_least=0)
+    repeat_count: int = option(5, "... has occurred this many times", at_least=2)
+    seed: int = option(0, "sampling seed", at_least=0)
+    batch_size: int = option(32, "sequences generated together", at_least=1)
+    device: str | None = option(None, "cuda / cpu (default: cuda when available)", device=True)
+    overwrite: bool = option(False, "discard an earlier run in --out instead of resuming")
+    progress: bool = option(True, "show progress bars")
+
+
+@dataclass
+class OwnSamples:
+    data: LoadedData
+    examples: dict[int, Example]  # by index: every row read that was loaded
+    rendering: str  # how message prompts were rendered: chat or plain
+    records: list[dict] | None  # one per prompt sampled, in index order: {index, reference, samples: [...]};
+    # None in the processes of `accelerate launch` other than the main one (which has them all)
+    skipped: list[DataError]  # rows left out, loading and prompt length together
+
+
+def own_samples(config: SamplingOptions, *, not_sampling: tuple[str, ...] = ()) -> OwnSamples:
+    """Sample and check config.k answers per prompt into out/progress.jsonl (resuming what it holds; under
+    `accelerate launch` each process samples its share into its own log, resumable.ShardedLog). The log
+    records every option but those in NOT_SAMPLING and `not_sampling` (what the command makes of the
+    samples), plus the rendered prompts: a rerun with other sampling settings is refused."""
+    data = load_examples(config.data, prompt_field=config.prompt_field, completion_field=config.completion_field,
+                         messages_field=config.messages_field, answer_field=config.answer_field,
+                         limit=config.limit, skip_invalid=config.skip_invalid)
+    model, tokenizer = load_model(config.model, device=config.device)
+    rendering = use_prompt_format(tokenizer, config.prompt_format, config.model,
+                                  any(isinstance(e.prompt, list) for e in data.examples))
+    skipped = list(data.skipped)
+    prompts = fitting_prompts(data.examples, lambda e: prompt_ids(e.prompt, tokenizer), config.max_new_tokens,
+                              config.max_length, source=config.data, skip_invalid=config.skip_invalid,
+                              skipped=skipped)
+    examples = [e for e in data.examples if e.index in prompts]
+    if not examples:
+        raise nothing_left(config.data, "prompt left to sample", skipped)
+    settings = {k: v for k, v in asdict(config).items() if k not in NOT_SAMPLING + not_sampling}
+    log = ShardedLog(config.out, {**settings, "prompt_format": rendering,
+                                  "prompts": {str(i): p for i, p in prompts.items()}}, overwrite=config.overwrite)
+    sampling = SamplingConfig(temperature=config.temperature, top_p=config.top_p,
+                              max_new_tokens=config.max_new_tokens, repeat_window=config.repeat_window,
+                              repeat_count=config.repeat_count)
+    sample_and_check(model, tokenizer, examples, prompts, sampling, k=config.k, seed=config.seed,
+                     batch_size=config.batch_size, log=log, progress=config.progress, desc="sampling")
+    return OwnSamples(data, {e.index: e for e in data.examples}, rendering, log.merged(), skipped)

@@ -1,0 +1,34 @@
+"""The lab's methods: each a loss of the family (or DPO, SimPO) and the training data it learns from. Named
+ones (sft, idft_realigned, dpo, ...) and any LOSS@DATA pair; read by the lab's stages (study.py) and its
+report (commands/report.py).
+"""
+
+from __future__ import annotations
+
+from ..methods.losses import METHODS as FAMILY
+from ..runtime.errors import OpsftError
+
+METHODS = {  # method -> (loss, training data); any other loss@data pair works too (method_spec)
+    "sft": ("sft", "raw"), "dft": ("dft", "raw"), "idft": ("idft", "raw"), "iwsft": ("iwsft", "raw"),
+    "eaft": ("eaft", "raw"), "asft": ("asft", "raw"), "idft_legacy": ("idft_legacy", "raw"),
+    "sft_realigned": ("sft", "realigned"), "idft_realigned": ("idft", "realigned"),
+    "sft_rejection": ("sft", "rejection"), "idft_rejection": ("idft", "rejection"),
+    "dpo": ("dpo", "prefs"), "simpo": ("simpo", "prefs"),
+}
+SOURCES = {  # training data -> where it comes from
+    "raw": "the reference solutions", "realigned": "their Hinted Decoding rewrites (stage 4)",
+    "rejection": "the model's own correct answers (opsft rejection)", "prefs": "preference pairs (opsft prefs)",
+}
+
+
+def method_spec(name: str) -> tuple[str, str]:
+    """(loss, training data) of a lab method: a name in METHODS, or LOSS@DATA, e.g. eaft@rejection, with DATA one of
+    raw, realigned, rejection (the SFT family) or prefs (dpo, simpo)."""
+    if name in METHODS:
+        return METHODS[name]
+    loss, _, source = name.partition("@")
+    if (loss in FAMILY and source in ("raw", "realigned", "rejection")) or (loss in ("dpo", "simpo")
+                                                                             and source == "prefs"):
+        return loss, source
+    raise OpsftError(f"unknown lab method {name!r}: use one of {', '.join(METHODS)}, or LOSS@DATA with a loss of "
+                     f"{', '.join(FAMILY)} and DATA raw, realigned or rejection (dpo@prefs, simpo@prefs)")
