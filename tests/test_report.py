@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from opsft.commands.report import format_markdown, format_table, phi_summary
-from opsft.methods.ddt import phi_statistics
+from opsft.commands.report import format_markdown, format_table
+from opsft.methods.ddt import phi_statistics, phi_summary
 
 
 def test_summary_pools_tokens_exactly_and_counts_thresholds():

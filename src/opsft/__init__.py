@@ -5,7 +5,7 @@ diagnose how far SFT data lies from a model's own distribution (DDT, `score_exam
 later step stands on: `load_model`, `load_examples`, `tokenize_example`.
 """
 
-from .engine.scoring import ScoredExample, score_examples, score_token_ids
+from .engine.scoring import ScoredExample, score, score_examples, score_token_ids
 from .engine.sft_config import SFTConfig
 from .engine.sft_trainer import SFTTrainer
 from .inputs.data import Example, LoadedData, load_examples
@@ -27,6 +27,7 @@ __all__ = [
     "load_examples",
     "load_model",
     "phi_statistics",
+    "score",
     "score_examples",
     "score_token_ids",
     "token_phi",

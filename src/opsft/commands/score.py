@@ -18,10 +18,11 @@ from pathlib import Path
 from ..engine.scoring import iter_scored, score_token_ids
 from ..inputs.prepare import prepare
 from ..inputs.rendering import fingerprint, prompt_format
+from ..methods.ddt import phi_summary
 from ..runtime.errors import DataError, OpsftError, nothing_left, write_skipped
 from ..runtime.options import REQUIRED, Options, option
 from ..runtime.resumable import ShardedLog
-from .report import format_markdown, format_table, phi_summary, plot_histogram, worst_examples_html
+from .report import format_markdown, format_table, plot_histogram, worst_examples_html
 
 
 @dataclass

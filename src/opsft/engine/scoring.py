@@ -8,16 +8,18 @@ padding (left or right) never changes a result.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..inputs.data import Example
+from ..inputs.data import Example, load_examples
+from ..inputs.models import load_model
 from ..inputs.rendering import TokenizedExample, tokenize_dataset
-from ..methods.ddt import logprobs_and_entropy, phi_statistics, token_phi
+from ..methods.ddt import logprobs_and_entropy, phi_statistics, phi_summary, token_phi
 from ..runtime.errors import DataError, OpsftError
 
 
@@ -43,6 +45,41 @@ class ScoredExample:
 class ScoreResult:
     scored: list[ScoredExample]  # in input order
     skipped: list[DataError] = field(default_factory=list)  # with skip_invalid, each with its reason
+
+
+def score(model, dataset: str | Iterable[dict], *, processing_class=None, prompt_field: str | None = None,
+          completion_field: str | None = None, messages_field: str | None = None, limit: int | None = None,
+          temperature: float = 1.0, max_length: int = 1024, batch_size: int = 8, save_tokens: bool = False,
+          skip_invalid: bool = False, in_threshold: float = -0.05, out_threshold: float = -0.1,
+          device: str | None = None, progress: bool = True):
+    """DDT of a dataset as `opsft score` computes it; returns (scored, summary).
+
+    scored: a datasets.Dataset of the rows with phi_mean, phi_std, phi_pos_ratio, phi_sum, n_tokens and truncated
+    added (with save_tokens also token_ids, token_phi, token_logprob), in row order. summary: the statistics of
+    methods.ddt.phi_summary, plus rows_read and the rows skipped, counted by reason (with skip_invalid).
+
+    `model`: a name, path or alias, loaded with its tokenizer, or a loaded model with its `processing_class`.
+    `dataset`: a datasets.Dataset or a list of rows, in any shape `opsft score` reads (prompt/completion, messages,
+    or columns named by prompt_field and completion_field), or a file or spec as `opsft score --data` takes.
+    """
+    from datasets import Dataset
+
+    if isinstance(model, str):
+        model, tokenizer = load_model(model, device=device)
+        processing_class = processing_class or tokenizer
+    elif processing_class is None:
+        raise ValueError("opsft.score: a loaded model needs its processing_class (the tokenizer)")
+    data = load_examples(dataset, prompt_field=prompt_field, completion_field=completion_field,
+                         messages_field=messages_field, limit=limit, skip_invalid=skip_invalid)
+    result = score_examples(model, processing_class, data.examples, temperature=temperature, max_length=max_length,
+                            batch_size=batch_size, skip_invalid=skip_invalid, save_tokens=save_tokens,
+                            source=data.source, progress=progress)
+    scored = [{"index": s.index, **s.summary()} for s in result.scored]
+    summary = phi_summary(scored, in_threshold=in_threshold, out_threshold=out_threshold)
+    summary["rows_read"] = len(data.examples) + len(data.skipped)
+    summary["skipped"] = dict(Counter(e.reason for e in data.skipped + result.skipped))
+    rows = {e.index: e.row for e in data.examples}
+    return Dataset.from_list([{**rows[s.pop("index")], **s} for s in scored]), summary
 
 
 def score_examples(model, tokenizer, examples: Sequence[Example], *, temperature: float = 1.0,

@@ -23,7 +23,7 @@ import difflib
 import functools
 import io
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,7 +67,7 @@ class LoadedData:
 
 
 def load_examples(
-    source: str,
+    source: str | Iterable[dict],
     *,
     prompt_field: str | None = None,
     completion_field: str | None = None,
@@ -76,11 +76,14 @@ def load_examples(
     limit: int | None = None,
     skip_invalid: bool = False,
 ) -> LoadedData:
-    """Load `source` (see module doc) into Examples; `limit` keeps the first rows read."""
+    """Load `source` (see module doc; or rows in memory: a datasets.Dataset or a list of dicts) into Examples;
+    `limit` keeps the first rows read."""
     if (prompt_field is None) != (completion_field is None):
         raise OpsftError("--prompt-field and --completion-field go together: give both or neither")
     verifiers: dict[int, Callable[[str], float]] = {}
-    if source.startswith("gym:"):
+    if not isinstance(source, str):
+        records, source = ((None, dict(row)) for row in source), "the dataset"
+    elif source.startswith("gym:"):
         records = _gym_records(source, verifiers)
         prompt_field, completion_field = prompt_field or "question", completion_field or "solution"
         answer_field = answer_field or "answer"

@@ -9,6 +9,9 @@ else scores E[phi_t] = H(p) - H(q) - KL(q || p), usually negative.
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -64,4 +67,34 @@ def phi_statistics(phi: np.ndarray) -> dict[str, float | int]:
         "phi_pos_ratio": float((phi > 0).mean()) if n else float("nan"),
         "phi_sum": float(phi.sum()),
         "n_tokens": n,
+    }
+
+
+def phi_summary(scored: list[dict], *, in_threshold: float = -0.05, out_threshold: float = -0.1) -> dict[str, Any]:
+    """Dataset-level statistics of per-example phi_mean, and of per-token phi pooled over all tokens."""
+    means = np.array([s["phi_mean"] for s in scored], dtype=np.float64)
+    n_tok = np.array([s["n_tokens"] for s in scored], dtype=np.float64)
+    sums = np.array([s["phi_sum"] for s in scored], dtype=np.float64)
+    sq_sums = n_tok * (np.array([s["phi_std"] for s in scored]) ** 2 + means ** 2)  # sum of phi_t^2
+    total = n_tok.sum()
+    token_mean = sums.sum() / total if total else math.nan
+    q = np.quantile(means, [0.05, 0.25, 0.5, 0.75, 0.95]) if len(means) else [math.nan] * 5
+    return {
+        "n_examples": len(scored),
+        "n_tokens": int(total),
+        "n_truncated": int(sum(bool(s["truncated"]) for s in scored)),
+        "phi_mean": {
+            "mean": float(means.mean()) if len(means) else math.nan,
+            "std": float(means.std(ddof=1)) if len(means) > 1 else math.nan,
+            "sem": float(means.std(ddof=1) / math.sqrt(len(means))) if len(means) > 1 else math.nan,
+            "p05": float(q[0]), "p25": float(q[1]), "median": float(q[2]), "p75": float(q[3]), "p95": float(q[4]),
+            "min": float(means.min()) if len(means) else math.nan,
+            "max": float(means.max()) if len(means) else math.nan,
+        },
+        "token_phi": {
+            "mean": float(token_mean),
+            "std": float(math.sqrt(max(sq_sums.sum() / total - token_mean ** 2, 0.0))) if total else math.nan,
+        },
+        "in_distribution": {"threshold": in_threshold, "share": float((means >= in_threshold).mean())},
+        "out_of_distribution": {"threshold": out_threshold, "share": float((means < out_threshold).mean())},
     }
