@@ -18,8 +18,9 @@ run one lab each and a report comparing them (which loss wins where).
 
 Under `accelerate launch` every stage uses every process: training is data-parallel on the same global batch
 (--batch-size examples, split over the processes), and generation and scoring are sharded by example
-(resumable.ShardedLog); the main process alone writes the lab's own files (runtime/processes.py). Without it, --workers N
-runs N of the trainings and evaluations of stages 4-6 at a time, in processes of one torch thread each.
+(resumable.ShardedLog); the main process alone writes the lab's own files (runtime/processes.py). Without it,
+--workers N runs N of the trainings and evaluations of stages 4-6 at a time, in processes of one torch thread
+each.
 
 Profiles (`--profile`): tiny (a random 2-layer model, every stage in seconds: a plumbing check for CI),
 quick (the default: SmolLM2-135M with LoRA, three methods, one seed, the weak regime, about 15 minutes on a

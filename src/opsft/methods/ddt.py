@@ -1,4 +1,4 @@
-"""DDT, Distribution Discriminant Theory (SPEC §1): how far a token lies from the model's own distribution.
+"""DDT, Distribution Discriminant Theory (docs/methods.md): how far a token lies from the model's own distribution.
 
     phi_t = log p_t(y_t) + H(p_t),    p_t = softmax(z_t / tau),    H(p) = -sum_v p(v) log p(v)   (nats)
 

@@ -1,4 +1,4 @@
-"""Hinted Decoding (SPEC §3): two streams of one model write one shared continuation.
+"""Hinted Decoding (docs/methods.md): two streams of one model write one shared continuation.
 
 The hinted stream h sees the question and a reference solution; the plain stream q sees the question
 alone, as at training and test time. At every step, with H_t the hinted stream's entropy and V the

@@ -1,4 +1,5 @@
-"""The per-token weighted SFT loss family (SPEC §2).
+"""The per-token weighted SFT loss family (docs/methods.md: every formula, its defaults, and where opsft differs
+from the authors' code).
 
     L = (1/N) sum_t [w_t * (-log p_theta(y_t)) + a_t]      over the completion tokens of the (global) batch
 
