@@ -5,6 +5,7 @@ diagnose how far SFT data lies from a model's own distribution (DDT, `score_exam
 later step stands on: `load_model`, `load_examples`, `tokenize_example`.
 """
 
+from .engine.phi_callback import PhiCallback
 from .engine.scoring import ScoredExample, score, score_examples, score_token_ids
 from .engine.sft_config import SFTConfig
 from .engine.sft_trainer import SFTTrainer
@@ -21,6 +22,7 @@ __all__ = [
     "Example",
     "LoadedData",
     "OpsftError",
+    "PhiCallback",
     "SFTConfig",
     "SFTTrainer",
     "ScoredExample",

@@ -9,7 +9,8 @@ TRL tokenizes (or takes pre-tokenized rows: input_ids and labels, -100 off the c
 them). Per-token log p(y_t), H(p_t) and top-1 hits come from TRL's fused LM head, or on a CPU from the model's
 own logits while they fit a memory budget (engine/lm_head.py: the same numbers, faster there). The trainer turns
 them into the family's weights and loss, keeps TRL's normaliser (`num_items_in_batch`: completion tokens of the
-whole accumulated, data-parallel batch), and logs what the loss is doing.
+whole accumulated, data-parallel batch), and logs what the loss is doing and how on-policy the batches are
+(phi/mean, phi/on_policy_share: engine/phi_callback.py).
 
 iw-SFT's and ASFT's reference log-probs: a `ref_log_probs` column aligned to input_ids (what `opsft train`
 precomputes), else `ref_model`: by default a frozen copy of the initial model, or with LoRA the model with its
@@ -30,6 +31,7 @@ from torch.nn.utils.rnn import pad_sequence
 from trl.trainer import add_fused_lm_head
 
 from ..inputs.rendering import TokenizedExample
+from ..methods.ddt import phi_metrics
 from ..methods.losses import family_loss, token_weights
 from . import lm_head
 from .sft_config import SFTConfig
@@ -172,6 +174,10 @@ class SFTTrainer(trl.SFTTrainer):
             return (total / gather(torch.tensor(values.numel(), device=total.device)).sum().clamp(min=1)).item()
 
         metrics["nll"].append(mean(-outputs.log_probs).item())  # plain SFT loss, comparable across methods
+        phi_sum, tokens, on_policy, examples = (gather(t).sum() for t in phi_metrics(outputs.log_probs,
+                                                                                      outputs.entropy, mask))
+        metrics["phi/mean"].append((phi_sum / tokens.clamp(min=1)).item())  # how on-policy the batch is (DDT)
+        metrics["phi/on_policy_share"].append((on_policy / examples.clamp(min=1)).item())
         metrics["entropy"].append(mean(outputs.entropy).item())
         metrics["mean_token_accuracy"].append(mean(outputs.is_top1).item())
         weights = terms.weights.detach()

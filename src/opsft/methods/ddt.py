@@ -98,3 +98,16 @@ def phi_summary(scored: list[dict], *, in_threshold: float = -0.05, out_threshol
         "in_distribution": {"threshold": in_threshold, "share": float((means >= in_threshold).mean())},
         "out_of_distribution": {"threshold": out_threshold, "share": float((means < out_threshold).mean())},
     }
+
+
+IN_DISTRIBUTION = -0.05  # phi_mean at or above: in-distribution (the authors' rule of thumb, tau = 1)
+
+
+def phi_metrics(log_probs: torch.Tensor, entropy: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(sum of phi_t, number of tokens, examples with phi_mean >= -0.05, examples) over the masked positions of a
+    [B, T] batch: sums, so that processes and micro-batches pool them exactly."""
+    phi = (log_probs.detach().float() + entropy.detach().float()) * mask
+    tokens = mask.sum(1)
+    has_tokens = tokens > 0
+    on_policy = has_tokens & (phi.sum(1) / tokens.clamp(min=1) >= IN_DISTRIBUTION)
+    return phi.sum(), tokens.sum(), on_policy.sum(), has_tokens.sum()

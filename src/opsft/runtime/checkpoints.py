@@ -30,7 +30,7 @@ CHECKPOINT_FILE = "opsft_checkpoint.json"
 OUTPUTS = ("final", "train_summary.json", "skipped.jsonl", "reference_logprobs.jsonl", RUN_FILE)
 NOT_SETTINGS = ("output_dir", "resume", "overwrite", "progress", "report_to", "logging_steps", "save_steps",
                 "save_total_limit", "device",  # they change where and how a run reports, not what it learns,
-                "logits_memory_mb")  # nor does the way to the per-token statistics (engine/lm_head.py: equal to round-off)
+                "logits_memory_mb")  # nor the way to the per-token statistics (engine/lm_head.py: equal to round-off)
 
 
 @dataclass
