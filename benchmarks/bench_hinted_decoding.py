@@ -22,7 +22,7 @@ sys.path.insert(0, "tests")
 
 
 def setup(model_name: str):
-    from opsft.commands.realign import HINT_TEMPLATE, hinted_prompt
+    from opsft.engine.realignment import HINT_TEMPLATE, hinted_prompt
     from opsft.inputs.data import load_examples
     from opsft.inputs.models import load_model
     from opsft.inputs.rendering import prompt_ids

@@ -273,3 +273,37 @@ def test_skipped_drift_prompts_are_counted_in_the_summary(tmp_path, tiny_model_d
     skipped = (tmp_path / "o" / "drift" / "skipped.jsonl").read_text().splitlines()
     assert sorted(json.loads(line)["row"] for line in skipped) == list(range(5, 14))
     assert drift_summary["samples"] + drift_summary["empty_samples"] == 4
+
+
+def test_evaluate_on_a_dataset_is_the_eval_commands_set(tmp_path, tiny_model_dir, tiny_model, tokenizer, data):
+    """opsft.evaluate on a datasets.Dataset (from the model's directory, and a loaded model) gives opsft eval's
+    samples and set summary; its defaults are the command's."""
+    import dataclasses
+    import inspect
+
+    import datasets
+
+    from opsft import evaluate
+    from opsft.commands.eval import EvalConfig
+
+    assert run_eval(tiny_model_dir, tmp_path / "out", data, "--k", "2", "--temperature", "0.8") == 0
+    result = json.loads((tmp_path / "out" / "eval_summary.json").read_text())["sets"]["d"]
+    fields = dict(prompt_field="question", completion_field="answer", max_new_tokens=10, batch_size=8, k=2,
+                  temperature=0.8, progress=False)
+    for model, tok in ((str(tiny_model_dir), None), (tiny_model, tokenizer)):
+        problems, summary = evaluate(model, datasets.Dataset.from_list(ROWS), processing_class=tok, **fields)
+        assert problems.to_list() == samples(tmp_path / "out")
+        assert summary == {k: v for k, v in result.items()
+                           if k not in ("group", "data", "temperature", "top_p", "max_new_tokens")}
+    defaults = {f.name: f.default for f in dataclasses.fields(EvalConfig)}
+    options = {n: p.default for n, p in inspect.signature(evaluate).parameters.items() if p.kind == p.KEYWORD_ONLY}
+    assert set(options) - set(defaults) == {"processing_class"}  # every other option is one of opsft eval's
+    assert all(options[name] == defaults[name] for name in options if name != "processing_class")
+    with pytest.raises(opsft_error(), match="greedy decoding"):
+        evaluate(str(tiny_model_dir), ROWS, prompt_field="question", completion_field="answer", k=2)
+
+
+def opsft_error():
+    from opsft import OpsftError
+
+    return OpsftError

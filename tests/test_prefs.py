@@ -10,7 +10,7 @@ import pytest
 from conftest import launch
 
 from opsft.cli import main
-from opsft.commands.prefs import make_pairs
+from opsft.engine.preference_pairs import make_pairs
 from opsft.engine.preference_training import fit_pairs
 from opsft.inputs.data import load_preferences
 
@@ -221,3 +221,18 @@ def test_a_killed_dpo_run_resumes_with_its_whole_token_count(tmp_path, tiny_mode
     resumed = run_train(config(tmp_path / "killed", resume=True))
     assert resumed["train_tokens_source"] == "trl num_tokens"
     assert resumed["train_tokens"] == whole["train_tokens"] > 0
+
+
+def test_preference_pairs_on_a_dataset_are_the_prefs_commands_pairs(prefs, tiny_model, tokenizer):
+    """opsft.preference_pairs on a datasets.Dataset and a loaded model gives prefs.jsonl's pairs and summary."""
+    from opsft import preference_pairs
+
+    pairs, summary = preference_pairs(tiny_model, datasets.Dataset.from_list(ROWS), processing_class=tokenizer,
+                                      prompt_field="question", completion_field="answer", k=3, max_new_tokens=8,
+                                      progress=False)
+    written = [json.loads(line) for line in (prefs / "prefs.jsonl").read_text().splitlines()]
+    assert written and pairs.to_list() == written
+    command = json.loads((prefs / "summary.json").read_text())
+    assert {k: v for k, v in summary.items() if k != "run"} == {k: v for k, v in command.items() if k != "run"}
+    assert set(command["run"]) - set(summary["run"]) == {"out", "overwrite"}
+    assert summary["run"]["data"] == "the dataset" and summary["run"]["k"] == 3

@@ -129,7 +129,7 @@ def test_skip_invalid_counts_prompts_over_the_context(tiny_model_dir, tmp_path):
 def test_analysis_first_is_greedy_and_reaches_the_hinted_stream(tiny_model_dir, tiny_model, tokenizer, tmp_path):
     import torch
 
-    from opsft.commands.realign import write_analyses
+    from opsft.engine.realignment import write_analyses
     from opsft.inputs.rendering import prompt_ids
 
     data = write_jsonl(tmp_path / "d.jsonl", ROWS[:2])
@@ -164,3 +164,23 @@ def test_an_answer_marker_that_never_appears_is_a_counted_drop(tiny_model_dir, t
     assert summary["kept"] == 0 and summary["dropped"] == {"no_answer_marker": len(ROWS)}
     assert summary["answer_marker_written"] == 0
     assert all(r["handover_step"] is None for r in read_jsonl(tmp_path / "o" / "dropped.jsonl"))
+
+
+def test_realign_on_a_dataset_gives_the_realign_commands_rows(tiny_model_dir, tmp_path):
+    """opsft.realign on a datasets.Dataset gives realigned.jsonl, dropped.jsonl and the command's summary."""
+    import datasets
+
+    from opsft import realign
+
+    data = write_jsonl(tmp_path / "d.jsonl", ROWS)
+    options = dict(require_eos=False, answer_marker="none", require_correct=False, min_phi_mean=-10.78)
+    run_realign(config(tiny_model_dir, data, tmp_path / "o", **options))
+    base = {k: v for k, v in vars(config(tiny_model_dir, data, tmp_path / "o")).items()
+            if k not in ("model", "data", "out")}
+    kept, dropped, summary = realign(str(tiny_model_dir), datasets.Dataset.from_list(ROWS), **{**base, **options})
+    assert kept.to_list() == read_jsonl(tmp_path / "o" / "realigned.jsonl")
+    assert dropped.to_list() == read_jsonl(tmp_path / "o" / "dropped.jsonl")
+    assert len(kept) and len(dropped)  # the phi floor splits the rewrites
+    command = json.loads((tmp_path / "o" / "summary.json").read_text())
+    same = lambda s: {k: v for k, v in s.items() if k not in ("run", "throughput")}  # noqa: E731
+    assert same(summary) == same(command) and summary["run"] == {**command["run"], "data": "the dataset"}

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from opsft.cli import main
-from opsft.commands.rejection import keep_correct
+from opsft.engine.rejection_sampling import keep_correct
 
 ROWS = [{"question": f"What is {a} + {b}?", "answer": str(a + b)} for a in range(4) for b in range(3)]
 
@@ -107,3 +107,25 @@ def test_per_problem_above_k_is_refused(tmp_path, capsys):
     assert main(["rejection", "--model", "m", "--data", "d.jsonl", "--out", str(tmp_path / "o"), "--k", "2",
                  "--per-problem", "3"]) == 2
     assert "--per-problem (3) must be <= --k (2)" in capsys.readouterr().err
+
+
+def test_rejection_samples_on_a_dataset_are_the_rejection_commands_rows(tmp_path, tiny_model_dir, data, monkeypatch):
+    """opsft.rejection_samples on a datasets.Dataset gives rejection.jsonl's rows and the command's summary."""
+    import datasets
+
+    import opsft.engine.evaluation
+    from opsft import rejection_samples
+
+    monkeypatch.setattr(opsft.engine.evaluation, "answer_matches", judge)
+    assert rejection(tmp_path, tiny_model_dir, data) == 0
+    rows = [json.loads(line) for line in open(data)]
+    kept, summary = rejection_samples(str(tiny_model_dir), datasets.Dataset.from_list(rows), prompt_field="question",
+                                      completion_field="answer", k=4, max_new_tokens=6, per_problem=2,
+                                      skip_invalid=True, progress=False)
+    out = tmp_path / "out"
+    written = [json.loads(line) for line in (out / "rejection.jsonl").read_text().splitlines()]
+    assert written and kept.to_list() == written
+    command = json.loads((out / "summary.json").read_text())
+    assert {k: v for k, v in summary.items() if k != "run"} == {k: v for k, v in command.items() if k != "run"}
+    assert {k: v for k, v in summary["run"].items() if k != "data"} == {
+        k: v for k, v in command["run"].items() if k not in ("data", "out", "overwrite")}

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from opsft.runtime.errors import OpsftError
-from opsft.runtime.resumable import ResultLog, read_records
+from opsft.runtime.resumable import MemoryLog, ResultLog, ShardedLog, read_records
 
 
 def test_log_reopens_with_its_records_and_drops_a_torn_last_line(tmp_path):
@@ -41,3 +41,17 @@ def test_another_process_reads_a_log_being_created_as_empty_and_one_of_other_set
     assert read_records(path, {"temperature": 1.0}) == [{"index": 0}]
     with pytest.raises(OpsftError, match=r"temperature: 1.0 -> 0.5"):
         read_records(path, {"temperature": 0.5})
+
+
+def test_the_memory_log_does_what_a_sharded_log_does_in_one_process(tmp_path):
+    """The Python API's functions run the commands' loops on a MemoryLog: the same items to do, the same merge."""
+    items = [7, 3, 5, 1]
+    logs = [MemoryLog(), ShardedLog(tmp_path, {"a": 1})]
+    for log in logs:
+        assert log.mine(items, index=lambda i: i) == items
+        log.append([{"index": 5, "x": "five"}, {"index": 1, "x": "one"}])
+        log.append([{"index": 5, "x": "five again"}])  # a later record of an index replaces the earlier one
+    mem, sharded = logs
+    assert mem.mine(items, index=lambda i: i) == sharded.mine(items, index=lambda i: i) == [7, 3]
+    assert mem.merged() == sharded.merged() == [{"index": 1, "x": "one"}, {"index": 5, "x": "five again"}]
+    assert mem.world == sharded.world == 1 and mem.is_main_process

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..engine.drift import drift_of, sample_base
-from ..engine.evaluation import accuracy_summary, sample_and_check
+from ..engine.evaluation import evaluate_examples, greedy_rule
 from ..engine.generation import SamplingConfig
 from ..inputs.data import LoadedData, load_examples
 from ..inputs.models import adapter_base, load_model
@@ -87,12 +87,6 @@ class EvalConfig(Options):
         greedy_ok, greedy_message = greedy_rule(self.temperature, self.k, "--temperature", "--k")
         return [(greedy_ok or self.suite is not None, greedy_message),  # a suite's sets are checked one by one
                 (self.data is None or self.suite is None, "give --data or --suite, not both")]
-
-
-def greedy_rule(temperature: float, k: int, temperature_name: str, k_name: str) -> tuple[bool, str]:
-    return (temperature > 0 or k == 1,
-            f"greedy decoding (temperature 0) gives one answer per problem: use {k_name} 1, or "
-            f"{temperature_name} > 0 for {k} samples")
 
 
 @dataclass
@@ -262,34 +256,28 @@ def _prompts(examples, tokenizer, budget: int, config: EvalConfig, source: str, 
 
 def _evaluate_set(s: EvalSet, data: LoadedData, model, tokenizer, config: EvalConfig, out: Path,
                   rendering: str) -> dict:
-    skipped = list(data.skipped)
-    prompts = _prompts(data.examples, tokenizer, s.max_new_tokens, config, s.data, skipped)
-    examples = [e for e in data.examples if e.index in prompts]
-    if not examples:
-        raise nothing_left(s.data, "problem left to evaluate", skipped)
     directory = out / "sets" / s.name
-    settings = {"model": config.model, "adapter": config.adapter, "prompt_format": rendering, "seed": config.seed,
-                "repeat_window": config.repeat_window, "repeat_count": config.repeat_count,
-                "set": asdict(s), "prompts": {str(i): p for i, p in prompts.items()}}
-    log = ShardedLog(directory, settings, overwrite=config.overwrite)
-    sample_and_check(model, tokenizer, examples, prompts, s.sampling(config), k=s.k, seed=config.seed,
-                     batch_size=config.batch_size, log=log, progress=config.progress, desc=f"eval {s.name}")
-    records = log.merged()
+
+    def open_log(prompts):
+        settings = {"model": config.model, "adapter": config.adapter, "prompt_format": rendering, "seed": config.seed,
+                    "repeat_window": config.repeat_window, "repeat_count": config.repeat_count,
+                    "set": asdict(s), "prompts": {str(i): p for i, p in prompts.items()}}
+        return ShardedLog(directory, settings, overwrite=config.overwrite)
+
+    records, summary, skipped = evaluate_examples(
+        model, tokenizer, data, s.sampling(config), k=s.k, seed=config.seed, batch_size=config.batch_size,
+        max_length=config.max_length, skip_invalid=config.skip_invalid, open_log=open_log,
+        progress=config.progress, desc=f"eval {s.name}")
     if records is None:  # not the main process of `accelerate launch`: the main one writes the outputs
         return None
-    by_index = {e.index: e for e in examples}
+    by_index = {e.index: e for e in data.examples}
     with (directory / "samples.jsonl").open("w") as f:
         for r in records:
             prompt = by_index[r["index"]].prompt
             f.write(json.dumps({"row": r["index"] + 1, "prompt": prompt, **r}, ensure_ascii=False) + "\n")
-    result = {"group": s.group, "data": s.data, "temperature": s.temperature, "top_p": s.top_p,
-              "max_new_tokens": s.max_new_tokens,
-              **accuracy_summary([[sample["correct"] for sample in r["samples"]] for r in records]),
-              "finish_reasons": dict(Counter(sample["finish_reason"] for r in records for sample in r["samples"])),
-              "rows_read": len(data.examples) + len(data.skipped),
-              "skipped": dict(Counter(e.reason for e in skipped))}
     write_skipped(directory / "skipped.jsonl", skipped)
-    return result
+    return {"group": s.group, "data": s.data, "temperature": s.temperature, "top_p": s.top_p,
+            "max_new_tokens": s.max_new_tokens, **summary}
 
 
 def _base_samples(config: EvalConfig, drift: dict, out: Path):

@@ -13,14 +13,17 @@ mean ± 1.96 · sd / sqrt(N), clipped to [0, 1] (problems are the independent un
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 
 from tqdm.auto import tqdm
 
-from ..inputs.data import Example
-from ..inputs.rendering import text_of
+from ..inputs.data import Example, LoadedData, load_examples
+from ..inputs.models import model_argument
+from ..inputs.rendering import fitting_prompts, prompt_ids, text_of, use_prompt_format
 from ..methods.answers import answer_matches, final_answer
-from ..runtime.resumable import ShardedLog
+from ..runtime.errors import OpsftError, nothing_left
+from ..runtime.resumable import MemoryLog, ShardedLog
 from .generation import SamplingConfig, decoded_text, eos_token_ids, row_seed, sample
 
 Z95 = 1.959963984540054  # the two-sided 95 % normal quantile
@@ -141,3 +144,69 @@ def sample_and_check(model, tokenizer, examples: Sequence[Example], prompts: dic
                 records.append({"index": example.index, "reference": reference, "samples": samples})
             log.append(records)
             bar.update(len(batch))
+
+
+def greedy_rule(temperature: float, k: int, temperature_name: str, k_name: str) -> tuple[bool, str]:
+    return (temperature > 0 or k == 1,
+            f"greedy decoding (temperature 0) gives one answer per problem: use {k_name} 1, or "
+            f"{temperature_name} > 0 for {k} samples")
+
+
+def evaluate(model, dataset, *, processing_class=None, prompt_field: str | None = None,
+             completion_field: str | None = None, messages_field: str | None = None, answer_field: str | None = None,
+             limit: int | None = None, skip_invalid: bool = False, prompt_format: str | None = None, k: int = 1,
+             temperature: float = 0.0, top_p: float = 1.0, max_new_tokens: int = 512, max_length: int = 2048,
+             repeat_window: int = 0, repeat_count: int = 5, seed: int = 0, batch_size: int = 32,
+             device: str | None = None, progress: bool = True):
+    """Accuracy of `model` on one evaluation set, as `opsft eval --data` measures it; returns (samples, summary):
+    a datasets.Dataset of every problem (row, prompt, reference, and its k samples, each with its text, answer,
+    check and finish reason) and the set's summary (accuracy = avg@k with its 95 % interval, pass@k, finish
+    reasons, rows read and skipped).
+
+    `model`: a name, path, alias or LoRA adapter directory, or a loaded model with its `processing_class`.
+    `dataset`: a datasets.Dataset, a list of rows or a file, in any shape `opsft score` reads. The options are
+    opsft eval's, with its defaults: greedy, one answer per problem."""
+    from datasets import Dataset
+
+    if k < 1:
+        raise OpsftError(f"k must be >= 1 (got {k})")
+    holds, message = greedy_rule(temperature, k, "temperature", "k")
+    if not holds:
+        raise OpsftError(message)
+    model, tokenizer, name = model_argument(model, processing_class, device=device, what="opsft.evaluate")
+    data = load_examples(dataset, prompt_field=prompt_field, completion_field=completion_field,
+                         messages_field=messages_field, answer_field=answer_field, limit=limit,
+                         skip_invalid=skip_invalid)
+    use_prompt_format(tokenizer, prompt_format, name, any(isinstance(e.prompt, list) for e in data.examples))
+    sampling = SamplingConfig(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                              repeat_window=repeat_window, repeat_count=repeat_count)
+    records, summary, _ = evaluate_examples(model, tokenizer, data, sampling, k=k, seed=seed, batch_size=batch_size,
+                                            max_length=max_length, skip_invalid=skip_invalid, progress=progress)
+    prompts = {e.index: e.prompt for e in data.examples}
+    return Dataset.from_list([{"row": r["index"] + 1, "prompt": prompts[r["index"]], **r} for r in records]), summary
+
+
+def evaluate_examples(model, tokenizer, data: LoadedData, sampling: SamplingConfig, *, k: int, seed: int,
+                      batch_size: int, max_length: int, skip_invalid: bool, open_log: Callable | None = None,
+                      progress: bool = True, desc: str = "evaluating") -> tuple[list[dict] | None, dict | None, list]:
+    """(records, summary, skipped) of one evaluation set: k checked samples of every problem whose prompt fits
+    max_length with the answer's budget. `open_log(prompts)` gives the log the samples go to (the command's
+    resumable ShardedLog; default: kept in memory). records and summary are None in the processes of
+    `accelerate launch` other than the main one, which has them all."""
+    skipped = list(data.skipped)
+    prompts = fitting_prompts(data.examples, lambda e: prompt_ids(e.prompt, tokenizer), sampling.max_new_tokens,
+                              max_length, source=data.source, skip_invalid=skip_invalid, skipped=skipped)
+    examples = [e for e in data.examples if e.index in prompts]
+    if not examples:
+        raise nothing_left(data.source, "problem left to evaluate", skipped)
+    log = open_log(prompts) if open_log is not None else MemoryLog()
+    sample_and_check(model, tokenizer, examples, prompts, sampling, k=k, seed=seed, batch_size=batch_size, log=log,
+                     progress=progress, desc=desc)
+    records = log.merged()
+    if records is None:
+        return None, None, skipped
+    summary = {**accuracy_summary([[sample["correct"] for sample in r["samples"]] for r in records]),
+               "finish_reasons": dict(Counter(sample["finish_reason"] for r in records for sample in r["samples"])),
+               "rows_read": len(data.examples) + len(data.skipped),
+               "skipped": dict(Counter(e.reason for e in skipped))}
+    return records, summary, skipped

@@ -12,12 +12,13 @@ from ..inputs.models import load_model
 from ..inputs.rendering import fitting_prompts, prompt_ids, use_prompt_format
 from ..runtime.errors import DataError, nothing_left
 from ..runtime.options import REQUIRED, Options, option
-from ..runtime.resumable import ShardedLog
+from ..runtime.resumable import MemoryLog, ShardedLog
 from .evaluation import sample_and_check
 from .generation import SamplingConfig
 
 # options that change where or how a run reports, or what is made from the samples, not the samples
 NOT_SAMPLING = ("out", "batch_size", "device", "overwrite", "progress", "max_length")
+NOT_USED_IN_MEMORY = ("out", "overwrite")  # options of the commands that the Python API's functions do not use
 
 
 @dataclass
@@ -58,30 +59,38 @@ class OwnSamples:
     skipped: list[DataError]  # rows left out, loading and prompt length together
 
 
-def own_samples(config: SamplingOptions, *, not_sampling: tuple[str, ...] = ()) -> OwnSamples:
+def own_samples(config: SamplingOptions, *, not_sampling: tuple[str, ...] = (), dataset=None, model=None,
+                tokenizer=None) -> OwnSamples:
     """Sample and check config.k answers per prompt into out/progress.jsonl (resuming what it holds; under
     `accelerate launch` each process samples its share into its own log, resumable.ShardedLog). The log
     records every option but those in NOT_SAMPLING and `not_sampling` (what the command makes of the
-    samples), plus the rendered prompts: a rerun with other sampling settings is refused."""
-    data = load_examples(config.data, prompt_field=config.prompt_field, completion_field=config.completion_field,
-                         messages_field=config.messages_field, answer_field=config.answer_field,
-                         limit=config.limit, skip_invalid=config.skip_invalid)
-    model, tokenizer = load_model(config.model, device=config.device)
+    samples), plus the rendered prompts: a rerun with other sampling settings is refused.
+
+    The Python API passes the rows (`dataset`, in place of config.data) and a loaded `model` with its `tokenizer`
+    (in place of config.model): then the samples are kept in memory and nothing is written."""
+    in_memory = dataset is not None
+    data = load_examples(dataset if in_memory else config.data, prompt_field=config.prompt_field,
+                         completion_field=config.completion_field, messages_field=config.messages_field,
+                         answer_field=config.answer_field, limit=config.limit, skip_invalid=config.skip_invalid)
+    if model is None:
+        model, tokenizer = load_model(config.model, device=config.device)
     rendering = use_prompt_format(tokenizer, config.prompt_format, config.model,
                                   any(isinstance(e.prompt, list) for e in data.examples))
     skipped = list(data.skipped)
     prompts = fitting_prompts(data.examples, lambda e: prompt_ids(e.prompt, tokenizer), config.max_new_tokens,
-                              config.max_length, source=config.data, skip_invalid=config.skip_invalid,
+                              config.max_length, source=data.source, skip_invalid=config.skip_invalid,
                               skipped=skipped)
     examples = [e for e in data.examples if e.index in prompts]
     if not examples:
-        raise nothing_left(config.data, "prompt left to sample", skipped)
+        raise nothing_left(data.source, "prompt left to sample", skipped)
     settings = {k: v for k, v in asdict(config).items() if k not in NOT_SAMPLING + not_sampling}
-    log = ShardedLog(config.out, {**settings, "prompt_format": rendering,
-                                  "prompts": {str(i): p for i, p in prompts.items()}}, overwrite=config.overwrite)
+    log = MemoryLog() if in_memory else ShardedLog(
+        config.out, {**settings, "prompt_format": rendering, "prompts": {str(i): p for i, p in prompts.items()}},
+        overwrite=config.overwrite)
     sampling = SamplingConfig(temperature=config.temperature, top_p=config.top_p,
                               max_new_tokens=config.max_new_tokens, repeat_window=config.repeat_window,
                               repeat_count=config.repeat_count)
     sample_and_check(model, tokenizer, examples, prompts, sampling, k=config.k, seed=config.seed,
                      batch_size=config.batch_size, log=log, progress=config.progress, desc="sampling")
     return OwnSamples(data, {e.index: e for e in data.examples}, rendering, log.merged(), skipped)
+

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..inputs.data import Example, load_examples
-from ..inputs.models import load_model
+from ..inputs.models import model_argument
 from ..inputs.rendering import TokenizedExample, tokenize_dataset
 from ..methods.ddt import logprobs_and_entropy, phi_statistics, phi_summary, token_phi
 from ..runtime.errors import DataError, OpsftError
@@ -64,11 +64,7 @@ def score(model, dataset: str | Iterable[dict], *, processing_class=None, prompt
     """
     from datasets import Dataset
 
-    if isinstance(model, str):
-        model, tokenizer = load_model(model, device=device)
-        processing_class = processing_class or tokenizer
-    elif processing_class is None:
-        raise ValueError("opsft.score: a loaded model needs its processing_class (the tokenizer)")
+    model, processing_class, _ = model_argument(model, processing_class, device=device, what="opsft.score")
     data = load_examples(dataset, prompt_field=prompt_field, completion_field=completion_field,
                          messages_field=messages_field, limit=limit, skip_invalid=skip_invalid)
     result = score_examples(model, processing_class, data.examples, temperature=temperature, max_length=max_length,

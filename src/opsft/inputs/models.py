@@ -84,6 +84,18 @@ def same_model(a: str, b: str) -> bool:
     return a.rstrip("/") == b.rstrip("/")
 
 
+def model_argument(model, processing_class=None, *, device=None, what: str = "opsft") -> tuple[object, object, str]:
+    """(model, tokenizer, name) from a model argument as TRL's trainers take it: a name, path or alias (loaded here,
+    with its tokenizer unless one is given), or a loaded model with its `processing_class`. `name` is what
+    provenance records: the name given, else the loaded model's name_or_path."""
+    if isinstance(model, str):
+        loaded, tokenizer = load_model(model, device=device)
+        return loaded, processing_class or tokenizer, model
+    if processing_class is None:
+        raise ValueError(f"{what}: a loaded model needs its processing_class (the tokenizer)")
+    return model, processing_class, getattr(model, "name_or_path", None) or type(model).__name__
+
+
 def load_model(name: str, *, adapter: str | None = None, device: str | torch.device | None = None,
                dtype: torch.dtype | None = None):
     """(model, tokenizer) in eval mode. The tokenizer gets a pad token (its EOS) if it has none, as TRL does.

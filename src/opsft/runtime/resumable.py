@@ -147,3 +147,25 @@ class ShardedLog:
             for record in (self.log.records() if path == self.own else read_records(path, self.settings)):
                 merged.setdefault(record["index"], record)
         return [merged[i] for i in sorted(merged)]
+
+
+class MemoryLog:
+    """A ShardedLog's interface kept in memory, for the Python API's functions: one process does every item and
+    nothing is written (nothing to resume either)."""
+
+    world, rank, is_main_process = 1, 0, True
+
+    def __init__(self):
+        self._records: dict[int, dict] = {}
+
+    def done(self) -> set[int]:
+        return set(self._records)
+
+    def mine(self, items: list, index=lambda item: item.index) -> list:
+        return [item for item in items if index(item) not in self._records]
+
+    def append(self, records: list[dict]) -> None:
+        self._records.update((record["index"], record) for record in records)
+
+    def merged(self, *, on_every_process: bool = False) -> list[dict]:
+        return [self._records[i] for i in sorted(self._records)]
