@@ -7,7 +7,8 @@ and what opsft.SFTTrainer's own phi/... metrics cost its step (two reductions of
 
 Full fine-tuning in fp32, batch --batch gsm_symbolic problems (conversational prompt/completion, seed 0), logging
 every --logging-steps steps, AdamW at 1e-5. Each round times trainer.train() (the run, model loading excluded) for
-both variants; the table gives the median over rounds and the overhead (with / without - 1).
+both variants; the table gives the median over rounds and the overhead (with / without - 1). The probe batch is then
+timed alone (median of 5) against the step, which gives the overhead with less noise than the difference of two runs.
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ def main() -> None:
                                        max_length=1024, **{checkpointing_option(trl.SFTConfig): False})
                 trainer = trl.SFTTrainer(model=fresh(), args=config, processing_class=tokenizer, train_dataset=rows)
                 if variant != "without":
-                    trainer.add_callback(PhiCallback(trainer, probe_size=args.probe))
+                    callback = PhiCallback(trainer, probe_size=args.probe)
+                    trainer.add_callback(callback)
                 started = time.perf_counter()
                 trainer.train()
                 seconds[variant].append(time.perf_counter() - started)
@@ -78,6 +80,15 @@ def main() -> None:
         phi_metrics(log_probs, entropy, mask)
     metrics_seconds = (time.perf_counter() - started) / 1000
     step = base / args.steps
+    # the probe alone, on the trained model of the last round: less noisy than the difference of two whole runs
+    probe_seconds = []
+    for _ in range(5):
+        started = time.perf_counter()
+        callback.probe_totals()
+        probe_seconds.append(time.perf_counter() - started)
+    probe = statistics.median(probe_seconds)
+    print(f"probe batch alone: {probe:.3f} s (median of 5) = {probe / step:.1%} of a {step:.3f} s step; scored every "
+          f"{args.logging_steps} steps: {probe / step / args.logging_steps:+.2%} a step")
     print(f"| model | run of {args.steps} steps (batch {args.batch}), without | with PhiCallback (probe {args.probe}, "
           f"every {args.logging_steps} steps) | overhead | opsft.SFTTrainer's phi metrics per step |")
     print("|---|---|---|---|---|")

@@ -79,3 +79,47 @@ def test_phi_metrics_pool_sums_over_rows_with_no_completion():
     mask = torch.tensor([[1, 1, 0], [0, 0, 0], [1, 0, 0]])  # phi_mean -0.1 (off), none, +0.1 (on)
     phi_sum, tokens, on_policy, examples = phi_metrics(log_probs, entropy, mask)
     assert (phi_sum.item(), tokens.item(), on_policy.item(), examples.item()) == (pytest.approx(-0.1), 3, 1, 2)
+
+
+def drift_reference(model, samples, prompts) -> float:
+    """Mean over samples of phi_mean of the sample under `model`: float64, full softmax, one sample at a time."""
+    means = []
+    for record in samples:
+        prompt = prompts[record["prompt_index"]]
+        ids = torch.tensor([prompt + record["tokens"]])
+        with torch.no_grad():
+            log_p = torch.log_softmax(model(input_ids=ids).logits[0, len(prompt) - 1:-1].double(), -1)
+        targets = torch.tensor(record["tokens"])
+        phi = log_p[torch.arange(len(targets)), targets] - (log_p.exp() * log_p).sum(-1)
+        means.append(phi.mean().item())
+    return sum(means) / len(means)
+
+
+@pytest.mark.parametrize("opsft_trainer", [False, True], ids=["trl", "opsft"])
+def test_drift_scores_the_starting_models_samples_under_the_current_model(model, tokenizer, tmp_path, opsft_trainer):
+    """phi/drift: the model as the callback is made samples the held-out prompts; after each step those samples are
+    scored under the trained model (logged value == a float64 computation on the final model)."""
+    import copy
+
+    from opsft.engine.drift import sample_base
+    from opsft.runtime.resumable import MemoryLog
+
+    start = copy.deepcopy(model)
+    held_out = [{"prompt": f"What is {a} + {a}?", "completion": f"{2 * a}"} for a in range(5)]
+    trainer_class, config_class = (SFTTrainer, SFTConfig) if opsft_trainer else (trl.SFTTrainer, trl.SFTConfig)
+    trainer = trainer_class(model=model, args=config_class(**{**settings(tmp_path), "learning_rate": 0.05}),
+                            processing_class=tokenizer, train_dataset=Dataset.from_list(ROWS))
+    callback = PhiCallback(trainer, drift_dataset=Dataset.from_list(held_out), drift_max_new_tokens=6, seed=3)
+    trainer.add_callback(callback)
+    trainer.train()
+    logged = trainer.state.log_history[0]
+    prompts = callback.drift_prompts
+    assert len(prompts) == 5 and all(record["tokens"] for record in callback.drift_samples)
+    log = MemoryLog()  # the samples are the starting model's own, as drawn with the callback's seed
+    sample_base(start, tokenizer, prompts, samples=1, max_new_tokens=6, seed=3, batch_size=8, log=log)
+    assert log.merged() == callback.drift_samples
+    assert logged["phi/drift"] == pytest.approx(drift_reference(model, callback.drift_samples, prompts), abs=1e-5)
+    assert abs(logged["phi/drift"] - drift_reference(start, callback.drift_samples, prompts)) > 1e-3  # it moved
+    assert logged["phi/drift_sem"] > 0
+    with pytest.raises(ValueError, match="drift_steps must be >= 1"):
+        PhiCallback(trainer, drift_dataset=held_out, drift_steps=0)
