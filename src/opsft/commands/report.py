@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from ..methods.advice import format_advice
+
 
 def format_table(summary: dict[str, Any]) -> str:
     """The summary as the aligned text table `opsft score` prints."""
@@ -46,6 +48,7 @@ def format_markdown(summary: dict[str, Any]) -> str:
         f"| {run['model']} | {run['data']} | {run['temperature']:g} | {summary['n_examples']} | "
         f"{p['mean']:+.3f} ± {p['sem']:.3f} | {p['median']:+.3f} | {t['mean']:+.3f} ± {t['std']:.3f} | "
         f"{100 * summary['in_distribution']['share']:.0f}% | {100 * summary['out_of_distribution']['share']:.0f}% |\n"
+        + (f"\n{format_advice(summary['advice'])}\n" if "advice" in summary else "")
     )
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from ..engine.scoring import iter_scored, score_token_ids
 from ..inputs.prepare import prepare
 from ..inputs.rendering import fingerprint, prompt_format
+from ..methods.advice import advice, format_advice
 from ..methods.ddt import phi_summary
 from ..runtime.errors import DataError, OpsftError, nothing_left, write_skipped
 from ..runtime.options import REQUIRED, Options, option
@@ -91,6 +92,7 @@ def run_score(config: ScoreConfig) -> dict:
         return {}
 
     summary = phi_summary(scored, in_threshold=config.in_threshold, out_threshold=config.out_threshold)
+    summary["advice"] = advice(summary["phi_mean"]["mean"])
     summary["run"] = {**config.settings(), "prompt_format": prompt_format(tokenizer), "source_shape": data.shape}
     summary["rows_read"] = len(data.examples) + len(data.skipped)
     summary["skipped"] = dict(Counter(e.reason for e in skipped))
@@ -102,7 +104,7 @@ def run_score(config: ScoreConfig) -> dict:
     worst = sorted(scored, key=lambda s: s["phi_mean"])[: config.worst]
     _write_worst_html(out, model, tokenizer, config, [by_index[s["index"]] for s in worst],
                       {e.index: e for e in data.examples}, summary)
-    print(f"\nDDT score  ({out})\n{format_table(summary)}\n", flush=True)
+    print(f"\nDDT score  ({out})\n{format_table(summary)}\n\n{format_advice(summary['advice'])}\n", flush=True)
     return summary
 
 

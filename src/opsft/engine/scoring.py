@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from ..inputs.data import Example, load_examples
 from ..inputs.models import model_argument
 from ..inputs.rendering import TokenizedExample, tokenize_dataset
+from ..methods.advice import advice
 from ..methods.ddt import logprobs_and_entropy, phi_statistics, phi_summary, token_phi
 from ..runtime.errors import DataError, OpsftError
 
@@ -56,7 +57,8 @@ def score(model, dataset: str | Iterable[dict], *, processing_class=None, prompt
 
     scored: a datasets.Dataset of the rows with phi_mean, phi_std, phi_pos_ratio, phi_sum, n_tokens and truncated
     added (with save_tokens also token_ids, token_phi, token_logprob), in row order. summary: the statistics of
-    methods.ddt.phi_summary, plus rows_read and the rows skipped, counted by reason (with skip_invalid).
+    methods.ddt.phi_summary, the study's reading for the data's regime (`advice`, methods/advice.py), plus
+    rows_read and the rows skipped, counted by reason (with skip_invalid).
 
     `model`: a name, path or alias, loaded with its tokenizer, or a loaded model with its `processing_class`.
     `dataset`: a datasets.Dataset or a list of rows, in any shape `opsft score` reads (prompt/completion, messages,
@@ -72,6 +74,7 @@ def score(model, dataset: str | Iterable[dict], *, processing_class=None, prompt
                             source=data.source, progress=progress)
     scored = [{"index": s.index, **s.summary()} for s in result.scored]
     summary = phi_summary(scored, in_threshold=in_threshold, out_threshold=out_threshold)
+    summary["advice"] = advice(summary["phi_mean"]["mean"])
     summary["rows_read"] = len(data.examples) + len(data.skipped)
     summary["skipped"] = dict(Counter(e.reason for e in data.skipped + result.skipped))
     rows = {e.index: e.row for e in data.examples}
