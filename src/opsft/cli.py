@@ -13,6 +13,7 @@ import typing
 
 from .commands.compare import CompareConfig, run_compare
 from .commands.eval import EvalConfig, run_eval
+from .commands.iterate import IterateConfig, run_iterate
 from .commands.prefs import PrefsConfig, run_prefs
 from .commands.realign import RealignConfig, run_realign
 from .commands.rejection import RejectionConfig, run_rejection
@@ -38,6 +39,9 @@ COMMANDS = {
               "preference pairs (prompt/chosen/rejected) from the model's own checked samples, for DPO/SimPO"),
     "rejection": (RejectionConfig, run_rejection,
                   "training data from the model's own correct answers (rejection sampling), every drop counted"),
+    "iterate": (IterateConfig, run_iterate,
+                "iterative on-policy SFT: rounds of generate (realign / rejection) -> check -> train, each round's "
+                "data from the model being trained (resumable)"),
     "compare": (CompareConfig, run_compare,
                 "several run / eval directories side by side: one table (markdown, CSV) and one bar chart"),
     "lab": (LabConfig, run_lab,

@@ -292,8 +292,8 @@ def _filtered(config, data, examples, records, skipped, marker, throughput) -> R
     for r in records:
         example, reason = by_index[r["index"]], _drop_reason(r, config, marker)
         provenance = {k: v for k, v in r.items() if k not in ("index", "rewrite")}  # with the analysis, if any
-        provenance.update(temperature=config.temperature, lambda_mode=config.lambda_mode, beta=config.beta,
-                          answer_marker=marker, model=config.model)
+        provenance.update(source_row=r["index"] + 1, temperature=config.temperature, lambda_mode=config.lambda_mode,
+                          beta=config.beta, answer_marker=marker, model=config.model)
         if reason:
             dropped.append({"row": r["index"] + 1, "reason": reason, "rewrite": r["rewrite"], **provenance})
             continue
