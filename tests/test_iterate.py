@@ -140,6 +140,7 @@ def test_realign_and_rejection_with_lora_merge_each_rounds_model(tmp_path, tiny_
         assert set(r["generation"]) == {"realign", "rejection"}
         assert sum(r["accepted_rows"].values()) + r["fallback_rows"] == r["rows"]
     assert (out / "final").resolve() == (out / "round-2" / "merged").resolve()
+    assert not (out / "round-1" / "merged").exists()  # removed once round 2 had trained (--keep-round-models keeps it)
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -391,3 +391,30 @@ def test_the_full_profiles_lora_grid_becomes_a_full_fine_tuning_grid_without_lor
     assert LabConfig(profile="full", lora=False).resolved()["learning_rates"] == FULL_FINE_TUNING_GRID
     assert LabConfig(profile="full", lora=False, learning_rates=[1e-3, 2e-3]).resolved()["learning_rates"] == [
         1e-3, 2e-3]
+
+
+def test_iterative_methods_run_their_rounds_at_their_counterparts_rate(tmp_path):
+    """LOSS_iterative@SOURCE: `opsft iterate` over the lab's training problems with the lab's token budget, at the
+    learning rate chosen for its single-round counterpart (LOSS on SOURCE's data made once), evaluated like the rest."""
+    from opsft.lab.methods import method_spec
+
+    assert method_spec("sft_iterative@rejection") == ("sft", "iterative:rejection")
+    assert method_spec("idft_iterative_skip@realign+rejection") == ("idft", "iterative-skip:realign+rejection")
+    with pytest.raises(Exception, match="LOSS_iterative@SOURCE"):
+        method_spec("sft_iterative@raw")
+    out = tmp_path / "lab"
+    methods = ["sft", "sft_rejection", "sft_iterative@rejection", "idft_iterative@realign"]
+    assert lab(out, "--regimes", "weak", "--methods", *methods, "--iterate-rounds", "2") == 0
+    selected = json.loads((out / "stages" / "4-select.json").read_text())["methods"]
+    assert set(selected) == {"sft", "sft_rejection"}  # the iterative methods search no grid of their own
+    runs = json.loads((out / "stages" / "5-train.json").read_text())["runs"]
+    iterated = runs["sft_iterative@rejection-seed0"]
+    assert iterated["learning_rate"] == selected["sft_rejection"]["learning_rate"]
+    assert runs["idft_iterative@realign-seed0"]["learning_rate"] == 1e-3  # no counterpart: the profile's rate
+    for name in ("sft_iterative@rejection-seed0", "idft_iterative@realign-seed0"):
+        rounds = [json.loads(line) for line in (out / runs[name]["dir"] / "rounds.jsonl").read_text().splitlines()]
+        assert [r["round"] for r in rounds] == [1, 2] and rounds[0]["model"] == str(out / "data" / "tiny-model")
+        assert (out / runs[name]["dir"] / "eval" / "eval_summary.json").exists()
+        total = sum(r["train"]["train_tokens"] for r in rounds)
+        rows = {r["method"]: r for r in json.loads((out / "report" / "results.json").read_text())}
+        assert rows[runs[name]["method"]]["train_tokens"][0] == total > 0

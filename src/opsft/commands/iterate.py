@@ -16,7 +16,8 @@ command continues where it stopped (a run with other settings in --output-dir is
 
 Writes into output_dir: round-R/ (realign/, rejection/, data.jsonl and data_summary.json, score/ (the round data's
 phi_mean under the model that generated them), train/, merged/ (with --lora: the round's model, merged, which the
-next round starts from), eval/ with --eval-suite), rounds.jsonl (one line per round), final (a link to the last
+next round starts from; removed once that round has trained, unless --keep-round-models), eval/ with
+--eval-suite), rounds.jsonl (one line per round: a rerun takes up after the last), final (a link to the last
 round's model), report.md and rounds.png.
 """
 
@@ -48,7 +49,7 @@ SOURCES = ("realign", "rejection", "realign+rejection")
 RUN_FILE = "iterate_run.json"
 # options that change where or how the run reports, not what it computes
 NOT_SETTINGS = ("output_dir", "overwrite", "progress", "report_to", "logging_steps", "save_steps", "save_total_limit",
-                "device", "logits_memory_mb", "generation_batch_size", "resume")
+                "device", "logits_memory_mb", "generation_batch_size", "resume", "keep_round_models")
 
 
 @dataclass(kw_only=True)
@@ -72,6 +73,8 @@ class IterateConfig(TrainConfig):
     temperature: float = option(1.0, "sampling temperature of either source", above=0)
     max_new_tokens: int = option(512, "length cap of a generated answer", at_least=1)
     generation_batch_size: int = option(16, "sequences generated together", at_least=1)
+    keep_round_models: bool = option(False, "with --lora, keep every round's merged model (default: a round's is "
+                                            "removed once the next round has trained; the last is kept)")
     eval_suite: str | None = option(None, "an opsft eval suite (YAML): in-domain and out-of-domain accuracy of "
                                           "each round's model")
 
@@ -94,13 +97,21 @@ def run_iterate(config: IterateConfig) -> dict:
     problems = load_examples(config.data, prompt_field=config.prompt_field, completion_field=config.completion_field,
                              messages_field=config.messages_field, answer_field=config.answer_field,
                              limit=config.limit, skip_invalid=config.skip_invalid)
-    rounds, model = [], config.model
-    for r in range(1, config.rounds + 1):
+    rounds = on_main(lambda: _finished_rounds(out))  # a rerun takes up after the last round it recorded
+    model = rounds[-1]["trained_model"] if rounds else config.model
+    for r in range(len(rounds) + 1, config.rounds + 1):
         record, model = _round(config, out / f"round-{r}", r, model, problems)
         rounds.append(record)
         on_main(lambda: _write_rounds(out, rounds))
+        if config.lora and r > 1 and not config.keep_round_models:  # the next round starts from this one's model
+            on_main(lambda: shutil.rmtree(out / f"round-{r - 1}" / "merged", ignore_errors=True))
     summary = on_main(lambda: _finish(out, config, rounds, model))
     return summary if state().is_main_process else {}
+
+
+def _finished_rounds(out: Path) -> list[dict]:
+    path = out / "rounds.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def _claim(out: Path, config: IterateConfig) -> None:

@@ -48,6 +48,16 @@ def _phi_of(out: Path, kind: str) -> float | None:
     return summary["phi_mean"]["mean"] if summary else None
 
 
+def _iterated(run_dir: Path) -> dict | None:
+    """What an iterative method's rounds trained, in all (iterate_summary.json): tokens and seconds."""
+    summary = _read(run_dir / "iterate_summary.json")
+    if not summary:
+        return None
+    rounds = [r["train"] for r in summary["rounds"]]
+    return {"iterated": True, "train_tokens": sum(r["train_tokens"] or 0 for r in rounds),
+            "train_seconds": sum(r["seconds"] or 0 for r in rounds)}
+
+
 def collect_rows(out: Path, settings: dict, runs: dict) -> list[dict]:
     base = _read(out / "eval" / "base" / "eval_summary.json")
     rows = [{"method": "base (no training)", "seeds": 1, "in_domain": (base["in_domain_accuracy"], None),
@@ -62,7 +72,7 @@ def collect_rows(out: Path, settings: dict, runs: dict) -> list[dict]:
         trained = [runs[n] for n in names if n in runs and "skipped" not in runs[n]]
         eval_dirs = [out / r["dir"] / "eval" for r in trained]
         evals = [_read(d / "eval_summary.json") for d in eval_dirs]
-        trains = [_read(out / r["dir"] / "train_summary.json") for r in trained]
+        trains = [_read(out / r["dir"] / "train_summary.json") or _iterated(out / r["dir"]) for r in trained]
         rates = sorted({r["learning_rate"] for r in trained}, key=lambda x: (x is None, x))
         evals, trains = [e for e in evals if e], [t for t in trains if t]
         rows.append({
@@ -73,7 +83,8 @@ def collect_rows(out: Path, settings: dict, runs: dict) -> list[dict]:
             "sets": {name: _spread([e["sets"][name]["accuracy"] for e in evals]) for name in base["sets"]},
             "drift": _spread([(e.get("drift") or {}).get("drift") for e in evals]),
             "train_phi_mean": _phi_of(out, method_spec(method)[1]),
-            "train_tokens": _spread([runs[n]["train_tokens"] for n in names if "train_tokens" in runs.get(n, {})]),
+            "train_tokens": _spread([runs[n]["train_tokens"] for n in names if "train_tokens" in runs.get(n, {})]
+                                    or [t["train_tokens"] for t in trains if t.get("iterated")]),
             "train_seconds": _spread([t["train_seconds"] for t in trains]),
             "learning_rate": ", ".join("default" if r is None else f"{r:g}" for r in rates) or None,
             "note": skipped[0] if skipped else "",

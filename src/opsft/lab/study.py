@@ -46,7 +46,7 @@ from ..runtime.locking import LOCK_FILE
 from ..runtime.options import Options, option
 from ..runtime.processes import is_main_process, main_result, on_main, state
 from ..runtime.workers import run_each
-from .methods import METHODS, SOURCES, method_spec
+from .methods import METHODS, SOURCES, iterative, method_spec
 
 STAGES = ("data", "score", "realign", "select", "train", "eval", "report")
 
@@ -72,7 +72,7 @@ REGIMES = {
 FULL_FINE_TUNING_GRID = [3e-6, 1e-5, 3e-5]  # the full profile's grid when you turn LoRA off
 DATA_KEYS = ("train_data", "in_domain", "out_of_domain", "drift_data", "rationale")
 _COMMON = dict(train_data=None, in_domain=None, out_of_domain=None, drift_data=None, rationale=None,
-               learning_rate=None, learning_rates=None)
+               learning_rate=None, learning_rates=None, iterate_rounds=3)
 PROFILES = {
     "tiny": dict(
         _COMMON, model="tiny", regimes=["weak", "strong"], train_size=24, validation_size=6, test_size=8,
@@ -153,7 +153,9 @@ class LabConfig(Options):
     eval_max_new_tokens: int | None = option(None, "length cap of an evaluated answer", at_least=1)
     realign_max_new_tokens: int | None = option(None, "length cap of a rewrite", at_least=1)
     drift_max_new_tokens: int | None = option(None, "length cap of a base sample for the drift measure", at_least=1)
-    prefs_k: int | None = option(None, "samples per prompt for DPO/SimPO pairs", at_least=1)
+    prefs_k: int | None = option(None, "samples per prompt for DPO/SimPO pairs, and for rejection data", at_least=1)
+    iterate_rounds: int | None = option(None, "rounds of the iterative methods (LOSS_iterative@SOURCE), which share "
+                                              "the method's token budget equally", at_least=1)
     realign_require_correct: bool | None = option(None, "keep only rewrites with the right answer")
     realign_require_eos: bool | None = option(None, "keep only rewrites that ended on their own")
     rejection_require_correct: bool | None = option(None, "rejection data: keep only answers the scorer marks "
@@ -399,6 +401,9 @@ class Lab:
                 self.rejection()
             if json.loads((self.out / "rejection" / "summary.json").read_text())["kept"]:
                 sets["rejection"] = (str(self.out / "rejection" / "rejection.jsonl"), (None, None))
+        if any(iterative(kind) for kind in kinds):  # each round makes its own data from the training problems
+            for kind in filter(iterative, kinds):
+                sets[kind] = (d["train"], (d["prompt_field"], d["completion_field"]))
         if "prefs" in kinds:
             if not on_main((self.out / "prefs" / "summary.json").exists):
                 self.prefs()
@@ -409,8 +414,8 @@ class Lab:
         from ..inputs.models import resolve_model
 
         tokenizer = AutoTokenizer.from_pretrained(resolve_model(self.model))
-        return {kind: (path, fields, _tokens_per_example(path, fields, kind, tokenizer)) for kind, (path, fields)
-                in sets.items()}
+        return {kind: (path, fields, None if iterative(kind) else _tokens_per_example(path, fields, kind, tokenizer))
+                for kind, (path, fields) in sets.items()}
 
     def learning_rates(self, method: str) -> list[float | None]:
         """The grid this method is trained on (one value: no choice to make; None: the method's default)."""
@@ -426,6 +431,8 @@ class Lab:
 
         s, (loss, kind) = self.settings, method_spec(method)
         path, fields, tokens = sets[kind]
+        if iterative(kind):
+            return self.iterative_training(method, seed, learning_rate, path, fields, name)
         steps = max(1, round(s["token_budget"] / (s["batch_size"] * tokens)))
         out, steps_to_run = self.out / "runs" / name, []
         if not on_main(lambda: (out / "train_summary.json").exists() and (out / "final").exists()):
@@ -442,6 +449,39 @@ class Lab:
         return {"method": method, "seed": seed, "dir": f"runs/{name}", "learning_rate": learning_rate,
                 "steps": steps, "tokens_per_example": tokens,
                 "train_tokens": round(steps * s["batch_size"] * tokens)}, steps_to_run
+
+    def counterpart(self, method: str) -> str | None:
+        """The single-round method of this lab an iterative one takes its learning rate from: the same loss on the
+        same source's data made once (LOSS_iterative@rejection: the method of LOSS on rejection data; @realign: on
+        realigned data), if the lab trains it; else None (the iterative method's own grid is then searched)."""
+        loss, kind = method_spec(method)
+        source = (iterative(kind) or (None,))[0]
+        data = {"rejection": "rejection", "realign": "realigned"}.get(source)
+        return next((m for m in self.settings["methods"] if data and method_spec(m) == (loss, data)), None)
+
+    def iterative_training(self, method: str, seed: int, learning_rate: float | None, path: str, fields,
+                           name: str) -> tuple:
+        """An iterative method: `opsft iterate` from the base model over iterate_rounds rounds, sharing the lab's
+        token budget equally, into runs/<name> (its final model: runs/<name>/final). Its record's train_tokens are
+        those the rounds trained (read back by the report), and it samples as the rejection and realign stages do."""
+        from ..commands.iterate import IterateConfig
+
+        s, (loss, kind) = self.settings, method_spec(method)
+        source, fallback = iterative(kind)
+        out, steps_to_run = self.out / "runs" / name, []
+        if not on_main(lambda: (out / "iterate_summary.json").exists()):
+            steps_to_run.append(("say", f"[lab {self.regime}] training {name}: {s['iterate_rounds']} rounds of "
+                                        f"{source} data, {s['token_budget']} tokens in all"
+                                        + (f", learning rate {learning_rate:g}" if learning_rate else "")))
+            steps_to_run.append(("iterate", IterateConfig(
+                model=self.model, data=path, prompt_field=fields[0], completion_field=fields[1], loss=loss,
+                output_dir=str(out), source=source, fallback=fallback, rounds=s["iterate_rounds"],
+                token_budget=s["token_budget"], k=s["prefs_k"],
+                max_new_tokens=s["realign_max_new_tokens"] if "realign" in source else s["eval_max_new_tokens"],
+                per_device_train_batch_size=s["batch_size"] // state().num_processes, lora=s["lora"],
+                learning_rate=learning_rate, seed=seed, logging_steps=1, save_steps=10 ** 6, **self.common())))
+        return {"method": method, "seed": seed, "dir": f"runs/{name}", "learning_rate": learning_rate,
+                "rounds": s["iterate_rounds"], "source": source, "fallback": fallback}, steps_to_run
 
     def run_jobs(self, jobs: list[list[tuple]]) -> list:
         """Each job (its steps, run in order: ("say", line), ("train", TrainConfig), ("eval", EvalConfig)), one
@@ -460,7 +500,7 @@ class Lab:
         trials, jobs = [], []
         for method in s["methods"]:
             grid = self.learning_rates(method)
-            if len(grid) < 2 or method_spec(method)[1] not in sets:
+            if len(grid) < 2 or method_spec(method)[1] not in sets or self.counterpart(method):
                 continue
             for rate in grid:
                 run, train = self.training(method, seed, rate, sets, f"{method}-seed{seed}-lr{rate:g}")
@@ -482,6 +522,9 @@ class Lab:
         for method in s["methods"]:
             selection = self.selected["methods"].get(method)
             rate = selection["learning_rate"] if selection else self.learning_rates(method)[0]
+            counterpart = self.selected["methods"].get(self.counterpart(method))
+            if counterpart:  # an iterative method trains at its single-round counterpart's chosen rate
+                rate = counterpart["learning_rate"]
             for seed in s["seeds"]:
                 name, kind = f"{method}-seed{seed}", method_spec(method)[1]
                 if kind not in sets:
@@ -557,6 +600,10 @@ def _run_steps(steps: list[tuple]) -> dict | None:
             from ..commands.train import run_train
 
             result = run_train(config)
+        elif kind == "iterate":
+            from ..commands.iterate import run_iterate
+
+            result = main_result(run_iterate(config))
         else:
             from ..commands.eval import run_eval
 
