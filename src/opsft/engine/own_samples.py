@@ -5,12 +5,14 @@ prompt, logged as they are made (a rerun resumes), from which `opsft prefs` buil
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from ..inputs.data import Example, LoadedData, load_examples
-from ..inputs.models import load_model
+from ..inputs.models import load_model, model_argument
 from ..inputs.rendering import fitting_prompts, prompt_ids, use_prompt_format
-from ..runtime.errors import DataError, nothing_left
+from ..runtime.errors import DataError, nothing_left, write_skipped
 from ..runtime.options import REQUIRED, Options, option
 from ..runtime.resumable import MemoryLog, ShardedLog
 from .evaluation import sample_and_check
@@ -94,3 +96,28 @@ def own_samples(config: SamplingOptions, *, not_sampling: tuple[str, ...] = (), 
                      batch_size=config.batch_size, log=log, progress=config.progress, desc="sampling")
     return OwnSamples(data, {e.index: e for e in data.examples}, rendering, log.merged(), skipped)
 
+
+
+def own_samples_dataset(config_class, make_rows, model, dataset, *, processing_class, options: dict,
+                        not_sampling: tuple[str, ...], what: str):
+    """A Python API function over the model's own samples: `options` checked as the command's (config_class), the
+    samples drawn in memory, `make_rows(own, config)` -> (rows, summary); returns (datasets.Dataset, summary)."""
+    from datasets import Dataset
+
+    model, tokenizer, name = model_argument(model, processing_class, device=options.get("device"), what=what)
+    config = config_class(model=name, data=dataset if isinstance(dataset, str) else "the dataset", **options)
+    own = own_samples(config, not_sampling=not_sampling, dataset=dataset, model=model, tokenizer=tokenizer)
+    rows, summary = make_rows(own, config)
+    summary["run"] = {k: v for k, v in summary["run"].items() if k not in NOT_USED_IN_MEMORY}
+    return Dataset.from_list(rows), summary
+
+
+def write_own_samples(out: str | Path, rows_file: str, rows: list[dict], own: OwnSamples, summary: dict) -> None:
+    """A command's files: the rows it made, every sample with its check (samples.jsonl), skipped.jsonl, summary.json."""
+    out = Path(out)
+    with (out / rows_file).open("w") as f:
+        f.writelines(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in rows)
+    with (out / "samples.jsonl").open("w") as f:
+        f.writelines(json.dumps({"row": r["index"] + 1, **r}, ensure_ascii=False) + "\n" for r in own.records)
+    write_skipped(out / "skipped.jsonl", own.skipped)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -18,11 +18,12 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import asdict, dataclass
 
-from ..inputs.models import model_argument
 from ..inputs.rendering import render_plain
 from ..runtime.options import option
 from .evaluation import completion_text
-from .own_samples import NOT_USED_IN_MEMORY, OwnSamples, SamplingOptions, own_samples
+from .own_samples import OwnSamples, SamplingOptions, own_samples_dataset
+
+ROW_OPTIONS = ("chosen", "pairs_per_prompt")  # what is made of the samples, not how they are drawn
 
 CHOSEN_RULES = ("sample", "sample_or_reference", "reference")
 
@@ -59,16 +60,8 @@ def preference_pairs(model, dataset, *, processing_class=None, **options):
     `model`: a name, path or alias, or a loaded model with its `processing_class`. `dataset`: a datasets.Dataset,
     a list of rows or a file, in any shape `opsft score` reads. `options`: opsft prefs's options by their Python
     names and defaults (k=4, chosen="sample_or_reference", pairs_per_prompt=1, temperature=1.0, ...)."""
-    from datasets import Dataset
-
-    model, tokenizer, name = model_argument(model, processing_class, device=options.get("device"),
-                                            what="opsft.preference_pairs")
-    config = PrefsConfig(model=name, data=dataset if isinstance(dataset, str) else "the dataset", **options)
-    own = own_samples(config, not_sampling=("chosen", "pairs_per_prompt"), dataset=dataset, model=model,
-                      tokenizer=tokenizer)
-    pairs, summary = pair_rows(own, config)
-    summary["run"] = {k: v for k, v in summary["run"].items() if k not in NOT_USED_IN_MEMORY}
-    return Dataset.from_list(pairs), summary
+    return own_samples_dataset(PrefsConfig, pair_rows, model, dataset, processing_class=processing_class,
+                               options=options, not_sampling=ROW_OPTIONS, what="opsft.preference_pairs")
 
 
 def pair_rows(own: OwnSamples, config: PrefsConfig) -> tuple[list[dict], dict]:

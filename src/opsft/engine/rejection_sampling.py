@@ -17,9 +17,10 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 
 from ..inputs.data import completion_like
-from ..inputs.models import model_argument
 from ..runtime.options import option
-from .own_samples import NOT_USED_IN_MEMORY, OwnSamples, SamplingOptions, own_samples
+from .own_samples import OwnSamples, SamplingOptions, own_samples_dataset
+
+ROW_OPTIONS = ("per_problem", "require_correct")  # what is made of the samples, not how they are drawn
 
 
 @dataclass
@@ -63,16 +64,8 @@ def rejection_samples(model, dataset, *, processing_class=None, **options):
     `model`: a name, path or alias, or a loaded model with its `processing_class`. `dataset`: a datasets.Dataset,
     a list of rows or a file, in any shape `opsft score` reads. `options`: opsft rejection's options by their
     Python names and defaults (k=4, per_problem=1, temperature=1.0, max_new_tokens=512, prompt_field, ...)."""
-    from datasets import Dataset
-
-    model, tokenizer, name = model_argument(model, processing_class, device=options.get("device"),
-                                            what="opsft.rejection_samples")
-    config = RejectionConfig(model=name, data=dataset if isinstance(dataset, str) else "the dataset", **options)
-    own = own_samples(config, not_sampling=("per_problem", "require_correct"), dataset=dataset, model=model,
-                      tokenizer=tokenizer)
-    rows, summary = rejection_rows(own, config)
-    summary["run"] = {k: v for k, v in summary["run"].items() if k not in NOT_USED_IN_MEMORY}
-    return Dataset.from_list(rows), summary
+    return own_samples_dataset(RejectionConfig, rejection_rows, model, dataset, processing_class=processing_class,
+                               options=options, not_sampling=ROW_OPTIONS, what="opsft.rejection_samples")
 
 
 def rejection_rows(own: OwnSamples, config: RejectionConfig) -> tuple[list[dict], dict]:
