@@ -393,6 +393,24 @@ def test_the_full_profiles_lora_grid_becomes_a_full_fine_tuning_grid_without_lor
         1e-3, 2e-3]
 
 
+def test_an_iterative_run_with_an_empty_round_under_skip_is_recorded_as_skipped_and_the_lab_goes_on(tmp_path):
+    """The tiny model answers no training problem correctly, so under fallback skip round 1 has nothing to train on:
+    `opsft iterate` refuses (its own test), and the lab records those runs as skipped with the reason, both where
+    the method's learning rate is chosen (sft's grid of two) and where it is not (idft's one rate)."""
+    out = tmp_path / "lab"
+    methods = ["sft", "sft_iterative_skip@rejection", "idft_iterative_skip@rejection"]
+    assert lab(out, "--regimes", "weak", "--methods", *methods, "--iterate-rounds", "1") == 0
+    selected = json.loads((out / "stages" / "4-select.json").read_text())["methods"]
+    assert "round 1: no problem" in selected["sft_iterative_skip@rejection"]["skipped"]
+    runs = json.loads((out / "stages" / "5-train.json").read_text())["runs"]
+    for method in methods[1:]:
+        assert "round 1: no problem" in runs[f"{method}-seed0"]["skipped"]
+    rows = {r["method"]: r for r in json.loads((out / "report" / "results.json").read_text())}
+    assert rows["sft"]["seeds"] == 1 and not rows["sft"]["note"]
+    for method in methods[1:]:
+        assert rows[method]["seeds"] == 0 and "--fallback skip leaves nothing to train on" in rows[method]["note"]
+
+
 def test_iterative_methods_run_their_rounds_at_their_counterparts_rate(tmp_path):
     """LOSS_iterative@SOURCE: `opsft iterate` over the lab's training problems with the lab's token budget, at the
     learning rate chosen for its single-round counterpart (LOSS on SOURCE's data made once), evaluated like the rest."""

@@ -52,6 +52,10 @@ NOT_SETTINGS = ("output_dir", "overwrite", "progress", "report_to", "logging_ste
                 "device", "logits_memory_mb", "generation_batch_size", "resume", "keep_round_models")
 
 
+class EmptyRound(OpsftError):
+    """A round with nothing to train on: --fallback skip, and no problem had an accepted output."""
+
+
 @dataclass(kw_only=True)
 class IterateConfig(TrainConfig):
     output_dir: str = option("runs/iterate", "output directory: every round's data, models and logs, rounds.jsonl, "
@@ -192,7 +196,7 @@ def _round_data(config: IterateConfig, directory: Path, r: int, problems, genera
         rows.extend(kept)
     problems_accepted = sum(bool(accepted.get(e.index)) for e in problems.examples)
     if not rows:
-        raise OpsftError(f"round {r}: no problem of {config.data} has an accepted output, and --fallback skip leaves "
+        raise EmptyRound(f"round {r}: no problem of {config.data} has an accepted output, and --fallback skip leaves "
                          f"nothing to train on (use --fallback reference, more --k or --max-new-tokens)")
     made = {
         "problems": len(problems.examples), "problems_accepted": problems_accepted,

@@ -190,9 +190,10 @@ def format_selection(selected: dict) -> str:
              "| method | " + " | ".join(f"lr {r:g}" for r in rates) + " | chosen |",
              "|---|" + "---|" * (len(rates) + 1)]
     for method, m in methods.items():
-        accuracy = {t["learning_rate"]: t["validation_accuracy"] for t in m["trials"]}
-        lines.append(f"| {method} | " + " | ".join(f"{accuracy[r]:.3f}" if r in accuracy else "—" for r in rates)
-                     + f" | {m['learning_rate']:g} |")
+        accuracy = {t["learning_rate"]: (f"{t['validation_accuracy']:.3f}" if "validation_accuracy" in t
+                                         else "skipped") for t in m["trials"]}  # skipped: an empty round
+        lines.append(f"| {method} | " + " | ".join(accuracy.get(r, "—") for r in rates)
+                     + (f" | {m['learning_rate']:g} |" if "learning_rate" in m else " | none: every rate skipped |"))
     return "\n".join(lines)
 
 

@@ -332,7 +332,7 @@ class Lab:
 
         d = self.data
         answer = {"answer_field": "answer"} if self.settings["train_data"].startswith("gym:") else {}
-        suite = out.parent / "validation_suite.yaml"
+        suite = self.out / "data" / "validation_suite.yaml"  # one for every trial, outside the runs' directories
 
         def write_suite():
             suite.parent.mkdir(parents=True, exist_ok=True)
@@ -509,33 +509,43 @@ class Lab:
                 jobs.append([*train, ("eval", validate)])
         chosen = {}
         for run, summary in zip(trials, self.run_jobs(jobs)):
-            chosen.setdefault(run["method"], {"trials": []})["trials"].append(
-                {**run, "validation_accuracy": summary["in_domain_accuracy"]})
+            trial = ({**run, "skipped": summary["empty_round"]} if "empty_round" in summary
+                     else {**run, "validation_accuracy": summary["in_domain_accuracy"]})
+            chosen.setdefault(run["method"], {"trials": []})["trials"].append(trial)
         for choice in chosen.values():
-            best = max(choice["trials"], key=lambda t: (t["validation_accuracy"], -t["learning_rate"]))
+            ran = [t for t in choice["trials"] if "skipped" not in t]
+            if not ran:  # every rate had a round with nothing to train on: the method's runs are skipped
+                choice.update(skipped=choice["trials"][0]["skipped"])
+                continue
+            best = max(ran, key=lambda t: (t["validation_accuracy"], -t["learning_rate"]))
             choice.update(learning_rate=best["learning_rate"], run=best)
         return {"validation_problems": self.data.get("validation_problems", 0), "methods": chosen}
 
     def train_all(self) -> dict:
         """Every method, every seed, at its chosen learning rate (the first seed's run is the selection's own)."""
-        s, sets, runs, jobs = self.settings, self.training_sets, {}, []
+        s, sets, runs, jobs, names = self.settings, self.training_sets, {}, [], []
         for method in s["methods"]:
             selection = self.selected["methods"].get(method)
-            rate = selection["learning_rate"] if selection else self.learning_rates(method)[0]
+            rate = selection.get("learning_rate") if selection else self.learning_rates(method)[0]
             counterpart = self.selected["methods"].get(self.counterpart(method))
-            if counterpart:  # an iterative method trains at its single-round counterpart's chosen rate
+            if counterpart and "skipped" not in counterpart:  # an iterative method: its counterpart's chosen rate
                 rate = counterpart["learning_rate"]
             for seed in s["seeds"]:
                 name, kind = f"{method}-seed{seed}", method_spec(method)[1]
                 if kind not in sets:
                     runs[name] = {"skipped": f"no {kind} training data: {SOURCES[kind]} gave none"}
+                elif selection and "skipped" in selection:
+                    runs[name] = {"skipped": selection["skipped"]}
                 elif selection and seed == selection["run"]["seed"]:
                     runs[name] = {k: v for k, v in selection["run"].items() if k != "validation_accuracy"}
                 else:
                     runs[name], train = self.training(method, seed, rate, sets, name)
                     if train:
                         jobs.append(train)
-        self.run_jobs(jobs)
+                        names.append(name)
+        for name, result in zip(names, self.run_jobs(jobs)):
+            if isinstance(result, dict) and "empty_round" in result:  # an iterative run with an empty round
+                runs[name] = {"skipped": result["empty_round"]}
         return {"runs": runs}
 
     def evaluate_all(self, runs: dict) -> dict:
@@ -591,7 +601,8 @@ def run_lab(config: LabConfig) -> dict:
 
 
 def _run_steps(steps: list[tuple]) -> dict | None:
-    """One job of Lab.run_jobs: its training and evaluation steps in order; the last one's result."""
+    """One job of Lab.run_jobs: its training and evaluation steps in order; the last one's result, or
+    {"empty_round": reason} where an iterative run had a round with nothing to train on (later steps not run)."""
     result = None
     for kind, config in steps:
         if kind == "say":
@@ -601,9 +612,12 @@ def _run_steps(steps: list[tuple]) -> dict | None:
 
             result = run_train(config)
         elif kind == "iterate":
-            from ..commands.iterate import run_iterate
+            from ..commands.iterate import EmptyRound, run_iterate
 
-            result = main_result(run_iterate(config))
+            try:
+                result = main_result(run_iterate(config))
+            except EmptyRound as error:  # recorded as the run's reason to be skipped; the lab goes on
+                return {"empty_round": f"{Path(config.output_dir).name}: {error}"}
         else:
             from ..commands.eval import run_eval
 
