@@ -63,9 +63,9 @@ def tiny_model_dir(tmp_path_factory, tokenizer, tiny_model):
     return path
 
 
-def launch(processes: int, *args: str, timeout: int = 300) -> None:
+def launch(processes: int, *args: str, timeout: int = 300, fails: bool = False):
     """`accelerate launch --multi_gpu --num_processes N -m opsft.cli ARGS` on CPU (gloo), one thread a process;
-    a failing run shows its output."""
+    a failing run shows its output (with `fails`, a run that succeeds does). The finished process."""
     import os
     import subprocess
     import sys
@@ -74,7 +74,9 @@ def launch(processes: int, *args: str, timeout: int = 300) -> None:
     run = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", str(processes), "-m", "opsft.cli",
                           *args], capture_output=True, text=True, timeout=timeout,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert run.returncode == 0, f"accelerate launch failed:\n{run.stdout[-3000:]}\n{run.stderr[-6000:]}"
+    assert (run.returncode != 0) == fails, f"accelerate launch: exit {run.returncode}:\n{run.stdout[-3000:]}\n" \
+                                           f"{run.stderr[-6000:]}"
+    return run
 
 
 # The accelerator the tests marked `gpu` run on: CUDA where there is one, or OPSFT_TEST_DEVICE (the GPU check's dry

@@ -179,3 +179,16 @@ def test_two_processes_build_the_same_round_data(tmp_path, tiny_model_dir, data)
     assert two[0]["phi_mean"] == pytest.approx(one[0]["phi_mean"], abs=1e-5)
     assert [r["problems"] for r in two] == [len(ROWS)] * 2 and (tmp_path / "two" / "final").exists()
     assert list((tmp_path / "two" / "round-1" / "rejection").glob("progress-*-of-2.jsonl"))  # sharded
+
+
+def test_an_empty_round_under_two_processes_is_the_same_one_line_error_on_each(tmp_path, tiny_model_dir, data):
+    """The main process decides the round's data; when it finds none under --fallback skip, every process stops with
+    its error (none is left waiting for the main process's answer). The tiny model is never right: nothing passes."""
+    from conftest import launch
+
+    run = launch(2, "iterate", "--model", str(tiny_model_dir), "--data", data, "--prompt-field", "question",
+                 "--completion-field", "answer", "--k", "1", "--max-new-tokens", "4", "--max-steps", "1",
+                 "--rounds", "1", "--fallback", "skip", "--no-progress", "--output-dir", str(tmp_path / "out"),
+                 timeout=240, fails=True)
+    errors = [line for line in run.stderr.splitlines() if line.startswith("opsft: error")]
+    assert len(errors) == 2 and all("round 1: no problem" in e for e in errors), run.stderr[-3000:]

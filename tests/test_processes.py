@@ -85,3 +85,19 @@ def test_every_command_ends_its_process_group_on_every_exit_path(monkeypatch, tm
 
 def test_ending_without_a_process_group_does_nothing():
     processes.end_process_group()  # one process, no group: nothing to end, no error
+
+
+def test_the_main_processs_error_is_what_the_others_raise():
+    """on_main hands an OpsftError to every process (tests/test_iterate.py runs it launched): as it is where it
+    pickles, else its message; a bug's exception stays on the main process, and the others point to it."""
+    from opsft.commands.iterate import EmptyRound
+    from opsft.runtime.errors import DataError
+
+    empty = processes._portable(EmptyRound("round 1: nothing"))
+    assert type(empty) is EmptyRound and str(empty) == "round 1: nothing"
+    row = processes._portable(DataError("is empty", source="d.jsonl", row=3, field="completion"))
+    assert type(row) is OpsftError and str(row) == "d.jsonl: row 3: field 'completion': is empty"
+    bug = processes._portable(KeyError("x"))
+    assert type(bug) is OpsftError and "main process failed (KeyError)" in str(bug)
+    with pytest.raises(EmptyRound):  # one process: work() itself
+        processes.on_main(lambda: (_ for _ in ()).throw(EmptyRound("r")))

@@ -8,6 +8,8 @@ import sys
 from collections.abc import Callable
 from typing import TypeVar
 
+from .errors import OpsftError
+
 T = TypeVar("T")
 
 
@@ -33,8 +35,37 @@ def main_result(value: T) -> T:
 
 
 def on_main(work: Callable[[], T]) -> T:
-    """work() on the main process only (writing files, small bookkeeping); its result on every process, once done."""
-    return main_result(work() if is_main_process() else None)
+    """work() on the main process only (writing files, small bookkeeping); its result on every process, once done.
+
+    If work() raises an OpsftError (bad input, a refused directory), every process raises it, so each stops with the
+    same one-line error instead of waiting for, or losing, the main process. Any other exception is a bug: the main
+    process raises it, and the others an OpsftError that points to the main process's report.
+    """
+    if state().num_processes == 1:
+        return work()
+    outcome = None
+    if is_main_process():
+        try:
+            outcome = ("done", work())
+        except Exception as error:
+            main_result(("failed", _portable(error)))
+            raise
+    kind, value = main_result(outcome)
+    if kind == "failed":
+        raise value
+    return value
+
+
+def _portable(error: Exception) -> OpsftError:
+    """The error to raise on the other processes: an OpsftError as it is where it pickles, else its message."""
+    import pickle
+
+    if not isinstance(error, OpsftError):
+        return OpsftError(f"the main process failed ({type(error).__name__}); its error is above")
+    try:
+        return pickle.loads(pickle.dumps(error))
+    except Exception:  # e.g. DataError, whose keyword arguments pickle does not keep
+        return OpsftError(str(error))
 
 
 def end_process_group() -> None:
