@@ -16,23 +16,26 @@ from __future__ import annotations
 
 FAR_BELOW = -0.3
 NEAR_FROM = -0.1
-STUDY = ("opsft's own study (docs/results.md): SmolLM2-135M-Instruct, 64 training problems, 13 methods, 3 seeds, "
-         "in two regimes; evidence at one small size, not a promise")
+STUDY = ("opsft's own study (docs/results.md): SmolLM2-135M-Instruct, 64 training problems, 13 methods and 4 "
+         "iterative ones, 3 seeds, in two regimes; evidence at one small size, not a promise")
 SOURCE = "docs/results.md#which-loss-when-the-two-regimes-side-by-side"
 
 READINGS = {
     "far": "The solutions are far from the model's own distribution, as in the study's weak regime (phi_mean "
            "-0.415). There SFT and iw-SFT learned most (iw-SFT: +0.052 in-domain, +0.070 out-of-domain over SFT); "
-           "the p-weighted losses DFT, ASFT and IDFT lost to SFT in-domain (-0.214 to -0.365), and training on the "
-           "model's own outputs learned nothing. Use SFT or iw-SFT, and tune the learning rate.",
+           "the p-weighted losses DFT, ASFT and IDFT lost to SFT in-domain (-0.214 to -0.365), and the model's own "
+           "outputs were too few to learn from, even over 3 rounds of opsft iterate (at most 14 of 64 problems "
+           "kept in a round). Use SFT or iw-SFT, and tune the learning rate.",
     "between": "The solutions lie between the study's two regimes (weak -0.415, strong +0.669), where it measured "
                "nothing: no reading applies. Try SFT and iw-SFT first, and compare methods on your data with "
                "opsft lab.",
     "near": "The solutions are close to the model's own distribution, as in the study's strong regime (phi_mean "
             "+0.669). There the loss mattered little in-domain (DFT, ASFT, IDFT and EAFT within 0.06 of SFT), and "
-            "training on the model's own correct answers forgot least (IDFT on rejection-sampled data: +0.120 "
-            "out-of-domain over SFT, at -0.177 in-domain). If forgetting matters, train on the model's own outputs "
-            "(opsft rejection, or opsft realign), and tune the learning rate.",
+            "training on the model's own outputs forgot least. In one round that cost in-domain accuracy (IDFT on "
+            "rejection-sampled data: +0.120 out-of-domain over SFT, -0.177 in-domain); over 3 rounds of opsft "
+            "iterate it did not (SFT on the model's own correct answers: +0.078 out-of-domain, +0.005 in-domain). "
+            "If forgetting matters, train on the model's own outputs with opsft iterate, and tune the learning "
+            "rate.",
 }
 
 
