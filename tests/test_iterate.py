@@ -192,3 +192,55 @@ def test_an_empty_round_under_two_processes_is_the_same_one_line_error_on_each(t
                  timeout=240, fails=True)
     errors = [line for line in run.stderr.splitlines() if line.startswith("opsft: error")]
     assert len(errors) == 2 and all("round 1: no problem" in e for e in errors), run.stderr[-3000:]
+
+
+KILLABLE = """
+import sys
+import opsft.engine.evaluation, opsft.engine.realignment
+from opsft.cli import main
+
+def judge(text, reference, verify=None):
+    return len(text) % 2 == 0
+
+opsft.engine.evaluation.answer_matches = opsft.engine.realignment.answer_matches = judge
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("stage", ["rejection", "train"])
+def test_a_run_killed_with_sigkill_mid_round_continues_to_the_uninterrupted_result(tmp_path, tiny_model_dir, data,
+                                                                                   judged, stage):
+    """kill -9 once round 2's generation (rejection) or training (train) has begun: no handler runs, files are
+    left half written and the lock held by a dead process; the same command then ends with the same rounds.jsonl
+    and the same final weights as a run never killed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors.torch import load_file
+
+    flags = ["--model", str(tiny_model_dir), "--data", data, "--prompt-field", "question", "--completion-field",
+             "answer", "--k", "2", "--max-new-tokens", "6", "--per-device-train-batch-size", "4", "--token-budget",
+             "400", "--learning-rate", "1e-3", "--logging-steps", "1", "--rounds", "2", "--no-progress"]
+    assert main(["iterate", *flags, "--output-dir", str(tmp_path / "whole")]) == 0
+    cut = tmp_path / "cut"
+    process = subprocess.Popen([sys.executable, "-c", KILLABLE, "iterate", *flags, "--output-dir", str(cut)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 240
+    while not (cut / "round-2" / stage).exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    os.kill(process.pid, signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, process.stderr.read()[-3000:]
+    assert len((cut / "rounds.jsonl").read_text().splitlines()) == 1  # killed inside round 2
+    assert main(["iterate", *flags, "--output-dir", str(cut)]) == 0
+
+    def comparable(out):
+        text = (out / "rounds.jsonl").read_text().replace(str(out), "OUT")
+        return [{**r, "train": {k: v for k, v in r["train"].items() if k != "seconds"}} for r in map(json.loads,
+                                                                                              text.splitlines())]
+    assert comparable(cut) == comparable(tmp_path / "whole")
+    whole, again = (load_file(str(d / "final" / "model.safetensors")) for d in (tmp_path / "whole", cut))
+    assert all(torch.equal(whole[k], again[k]) for k in whole)
