@@ -24,7 +24,7 @@ READINGS = {
     "far": "The solutions are far from the model's own distribution, as in the study's weak regime (phi_mean "
            "-0.415). There SFT and iw-SFT learned most (iw-SFT: +0.052 in-domain, +0.070 out-of-domain over SFT); "
            "the p-weighted losses DFT, ASFT and IDFT lost to SFT in-domain (-0.214 to -0.365), and the model's own "
-           "outputs were too few to learn from, even over 3 rounds of opsft iterate (at most 14 of 64 problems "
+           "outputs were too few to learn from, even over 3 rounds of opsft iterate (at most 15 of 64 problems "
            "kept in a round). Use SFT or iw-SFT, and tune the learning rate.",
     "between": "The solutions lie between the study's two regimes (weak -0.415, strong +0.669), where it measured "
                "nothing: no reading applies. Try SFT and iw-SFT first, and compare methods on your data with "
