@@ -64,11 +64,6 @@ def test_every_stage_produces_its_outputs(tiny_lab, regime):
             assert d[group]["delta"] == pytest.approx(summary[d["method"]][f"{group}_accuracy"] -
                                                       summary["sft"][f"{group}_accuracy"])
     assert len(set(budgets.values())) > 1  # tokens per example differ, so the step counts do too
-    reported = {r["method"]: r["train_tokens"][0] for r in rows}
-    for name, run in runs.items():  # the report gives the tokens each run's trainer counted, not the plan
-        trained = out / run["dir"] / "train_summary.json"
-        if trained.exists():
-            assert reported[run["method"]] == json.loads(trained.read_text())["train_tokens"], name
 
 
 def same_up_to_round_off(a, b, where: str) -> None:

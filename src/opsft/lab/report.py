@@ -83,10 +83,8 @@ def collect_rows(out: Path, settings: dict, runs: dict) -> list[dict]:
             "sets": {name: _spread([e["sets"][name]["accuracy"] for e in evals]) for name in base["sets"]},
             "drift": _spread([(e.get("drift") or {}).get("drift") for e in evals]),
             "train_phi_mean": _phi_of(out, method_spec(method)[1]),
-            # the tokens the trainer counted (TRL's num_tokens): a training set smaller than a batch trains on
-            # smaller batches than the budget's steps x batch assumed; the planned count only where none is recorded
-            "train_tokens": _spread([t["train_tokens"] for t in trains if t.get("train_tokens") is not None]
-                                    or [runs[n]["train_tokens"] for n in names if "train_tokens" in runs.get(n, {})]),
+            "train_tokens": _spread([runs[n]["train_tokens"] for n in names if "train_tokens" in runs.get(n, {})]
+                                    or [t["train_tokens"] for t in trains if t.get("iterated")]),
             "train_seconds": _spread([t["train_seconds"] for t in trains]),
             "learning_rate": ", ".join("default" if r is None else f"{r:g}" for r in rates) or None,
             "note": skipped[0] if skipped else "",
