@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
     except _UsageError as error:
-        print(f"opsft: error: {error}", file=sys.stderr)
+        _say(f"opsft: error: {error}")
         return 2
     if args.command == "control":
         config_cls, run = _control(args.control_command)
@@ -118,21 +118,28 @@ def main(argv: list[str] | None = None) -> int:
         with output_lock(_output_dir(config), f"opsft {args.command}"):
             run(config)
     except OpsftError as error:
-        print(f"opsft: error: {error}", file=sys.stderr)
+        _say(f"opsft: error: {error}")
         return 2
     except KeyboardInterrupt:
-        print("opsft: interrupted; rerun the same command to resume", file=sys.stderr)
+        _say("opsft: interrupted; rerun the same command to resume")
         return 130
     except Exception as error:  # a bug, or a case opsft should have caught: one line, the traceback kept
         if args.traceback:
             raise
         report = _save_traceback(args.command)
-        print(f"opsft: error: unexpected {type(error).__name__}: {_one_line(error)} (a bug in opsft, or a case it "
-              f"should explain; the traceback is in {report}, or rerun with opsft --traceback)", file=sys.stderr)
+        _say(f"opsft: error: unexpected {type(error).__name__}: {_one_line(error)} (a bug in opsft, or a case it "
+             f"should explain; the traceback is in {report}, or rerun with opsft --traceback)")
         return 1
     finally:
         end_process_group()
     return 0
+
+
+def _say(line: str) -> None:
+    """One line on stderr in one write: under `accelerate launch` every process may say it, and print's two writes
+    (the text, then the newline) from two processes can interleave into one line."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def _add_command(sub, name: str, config_cls, help_text: str) -> None:

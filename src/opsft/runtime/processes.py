@@ -41,8 +41,6 @@ def on_main(work: Callable[[], T]) -> T:
     same one-line error instead of waiting for, or losing, the main process. Any other exception is a bug: the main
     process raises it, and the others an OpsftError that points to the main process's report.
     """
-    if state().num_processes == 1:
-        return work()
     outcome = None
     if is_main_process():
         try:
