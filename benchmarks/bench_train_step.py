@@ -12,6 +12,11 @@ full logits and probabilities, p ** gamma and the entropy over the vocabulary.
 
     python benchmarks/bench_train_step.py                 # both parts, ~15 minutes, ~12 GB
     python benchmarks/bench_train_step.py --part head     # ~2 minutes
+    python benchmarks/bench_train_step.py --part methods --methods sft,dft,asft,asft_token   # some losses
+
+asft builds the trainer's frozen copy of the initial model (its reference) before the warm-up step, so its
+weights are not in the step's extra memory; its reference forward and the tiled KL are. asft_token and iwsft read
+their reference log-probs from the batch, as `opsft train` precomputes them.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import time
 # child tracks the peak of live tensors instead of the C allocator's retained free lists.
 CHILD_ENV = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "16384"}
 
-METHODS = ["sft", "dft", "idft", "iwsft", "sftq", "eaft", "asft"]
+METHODS = ["sft", "dft", "idft", "iwsft", "sftq", "eaft", "asft", "asft_token"]
 
 
 def _status(field: str) -> int:
@@ -147,6 +152,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=["methods", "head", "all"], default="all")
     parser.add_argument("--models", default="tiny,smollm2-135m")
+    parser.add_argument("--methods", default=",".join(METHODS), help="losses of part methods (sft always runs)")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--head-tokens", type=int, default=2048)
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
@@ -158,7 +164,8 @@ def main() -> None:
         return print(json.dumps(result))
     if args.part in ("methods", "all"):
         for model in args.models.split(","):
-            rows = {m: spawn("methods", model, m, str(args.steps)) for m in METHODS}
+            methods = ["sft"] + [m for m in args.methods.split(",") if m != "sft"]
+            rows = {m: spawn("methods", model, m, str(args.steps)) for m in methods}
             sft = rows["sft"]
             print(f"\n{model}: batch of {sft['tokens']} tokens ({sft['completion_tokens']} completion), fp32, "
                   f"median of {args.steps} steps\n")

@@ -38,7 +38,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PARTS = ("tests", "scorer", "losses", "peer", "decoding")
-LOSSES = ("sft", "dft", "idft", "iwsft", "eaft", "asft")
+LOSSES = ("sft", "dft", "idft", "iwsft", "eaft", "asft", "asft_token")
 SIZES = {  # GPU: the ~109M model and real batch sizes; dry run: toy sizes, the same code
     "gpu": dict(vocab=152064, hidden=576, layers=6, heads=9, kv_heads=3, intermediate=1536, score_batch=8,
                 score_length=1024, train_batch=8, train_length=512, decode_batch=16, prompt_length=64, new_tokens=128,

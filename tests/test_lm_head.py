@@ -74,10 +74,10 @@ def test_budget_rule():
     assert lm_head.logits_memory_budget(3, torch.device("cuda")) == 3 * 2 ** 20
 
 
-@pytest.mark.parametrize("name", ["sft", "idft", "iwsft_frozen"])
+@pytest.mark.parametrize("name", ["sft", "idft", "iwsft_frozen", "asft"])
 def test_a_step_through_the_logits_equals_a_step_through_the_fused_head(model_dir, data_path, tmp_path, name):
     """Same losses, logged metrics and gradients; the summary says which way each forward pass went (iw-SFT's
-    frozen reference pass included)."""
+    frozen reference pass included; ASFT's anchor takes the backbone's hidden states either way)."""
     options = {"loss": name, **METHODS[name]}
     runs = {}
     for way, budget in (("logits", None), ("fused", 0)):
@@ -89,7 +89,7 @@ def test_a_step_through_the_logits_equals_a_step_through_the_fused_head(model_di
                                                      "fused": passes if way == "fused" else 0}
         runs[way] = summary, record.grads
     (logits, logits_grads), (fused, fused_grads) = runs["logits"], runs["fused"]
-    for key in ("loss", "nll", "entropy", "mean_token_accuracy", "weight/mean"):
+    for key in ("loss", "nll", "entropy", "mean_token_accuracy", "weight/mean", "asft/kl_mean"):
         assert logged(logits, key) == pytest.approx(logged(fused, key), rel=1e-5, abs=1e-7), key
     assert logits_grads.keys() == fused_grads.keys()
     for key in logits_grads:

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from opsft.methods.losses import LossConfig, family_loss, idft_gamma, idft_lambda, token_weights, weighted_nll
+from opsft.methods.vocab_kl import vocab_kl
 from opsft.runtime.errors import OpsftError
 
 B, T, V = 3, 7, 11
@@ -102,12 +103,44 @@ def test_gradient_wrt_logits_is_w_times_softmax_minus_onehot_over_n(name, progre
 
 
 @pytest.mark.parametrize("anchor", [0.1, 0.7])
-def test_asft_is_dft_plus_the_k3_anchor_in_value_and_gradient(anchor):
+def test_asft_is_dft_plus_the_full_vocabulary_kl_in_value_and_gradient_on_every_logit(anchor):
+    """The published ASFT, from the float64 full softmax one position at a time: l = -sg(p) log p + mu KL(p_ref ||
+    p_theta), so dl/dz(v) = p (softmax(v) - onehot(v)) + mu (p_theta(v) - p_ref(v)), over N. The KL comes from
+    methods/vocab_kl.py with W = I (its hidden states are the logits), tiled as in training."""
+    logits, targets, mask, _, _ = batch()
+    ref_logits = torch.randn(B, T, V, generator=torch.Generator().manual_seed(5), dtype=torch.float64) * 2
+    log_probs, entropy = forward(logits, targets)
+    eye = torch.eye(V, dtype=torch.float64)
+    kl = vocab_kl(logits[mask], eye, None, ref_logits[mask], eye, tile=4)
+    reference_kl = kl.new_zeros(mask.shape).masked_scatter(mask, kl)
+    terms = token_weights(LossConfig("asft", asft_anchor=anchor), log_probs, entropy, mask, reference_kl=reference_kl)
+    n = int(mask.sum()) + 5
+    loss = family_loss(log_probs, terms, n)
+    (grad,) = torch.autograd.grad(loss, logits)
+    expected_loss, analytic = 0.0, torch.zeros_like(grad)
+    with torch.no_grad():
+        for b in range(B):
+            for t in range(T):
+                if not mask[b, t]:
+                    continue
+                probs, ref_probs = F.softmax(logits[b, t], -1), F.softmax(ref_logits[b, t], -1)
+                p = probs[targets[b, t]].item()
+                kl_bt = (ref_probs * (ref_probs.log() - probs.log())).sum().item()
+                expected_loss += -p * math.log(p) + anchor * kl_bt
+                analytic[b, t] = (p * (probs - F.one_hot(targets[b, t], V)) + anchor * (probs - ref_probs)) / n
+    assert loss.item() == pytest.approx(expected_loss / n, rel=1e-12)
+    torch.testing.assert_close(grad, analytic, atol=1e-12, rtol=1e-10)
+    assert terms.stats["kl"].numel() == int(mask.sum()) and (terms.stats["kl"] >= 0).all()
+
+
+@pytest.mark.parametrize("anchor", [0.1, 0.7])
+def test_asft_token_is_dft_plus_the_k3_anchor_in_value_and_gradient_on_every_logit(anchor):
     """Per token, from the float64 full softmax: l = -sg(p) log p + mu sg(p) (p_ref/p - log(p_ref/p) - 1), so
-    dl/dz = [p - mu (p - p_ref)] (softmax - onehot)."""
+    dl/dz = [p - mu (p - p_ref)] (softmax - onehot): on the data token's logit mu (p - p_ref)(1 - p) of anchor,
+    where the full KL has mu (p - p_ref), and on every other logit another direction too."""
     logits, targets, mask, ref, _ = batch()
     log_probs, entropy = forward(logits, targets)
-    terms = token_weights(LossConfig("asft", asft_anchor=anchor), log_probs, entropy, mask, ref_log_probs=ref)
+    terms = token_weights(LossConfig("asft_token", asft_anchor=anchor), log_probs, entropy, mask, ref_log_probs=ref)
     n = int(mask.sum()) + 5
     loss = family_loss(log_probs, terms, n)
     (grad,) = torch.autograd.grad(loss, logits)
@@ -126,17 +159,41 @@ def test_asft_is_dft_plus_the_k3_anchor_in_value_and_gradient(anchor):
     assert (terms.stats["k3"] >= 0).all() and terms.stats["k3"].numel() == int(mask.sum())
 
 
-def test_asft_without_its_anchor_is_dft_exactly_and_needs_no_reference():
+def test_asft_token_clamps_the_log_ratio_so_its_anchor_cannot_overflow():
+    """SkyRL's clamp of r = log p_ref - log p_theta to [-10, 10] (SPEC §6): a data token the model has pushed to
+    p = 1e-40 while the reference gave it 0.5 would make exp(r) overflow fp32 (r = 91.4) and the loss inf; clamped,
+    the anchor is finite, e^10 - 10 - 1 per unit of mu * p, and carries no gradient there."""
+    log_probs = torch.tensor([[math.log(1e-40), -1.0]], dtype=torch.float32, requires_grad=True)
+    ref = torch.tensor([[math.log(0.5), -1.0]])
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    terms = token_weights(LossConfig("asft_token", asft_anchor=1.0), log_probs, None, mask, ref_log_probs=ref)
+    r = ref[0, 0] - log_probs[0, 0]
+    assert torch.isinf(torch.exp(r) - r - 1)  # what the estimate would be without the clamp
+    assert terms.stats["k3"][0].item() == pytest.approx(math.exp(10) - 11, rel=1e-6)
+    assert terms.stats["k3"][1].item() == 0.0
+    family_loss(log_probs, terms, 2).backward()
+    assert torch.isfinite(log_probs.grad).all()
+
+
+@pytest.mark.parametrize("loss", ["asft", "asft_token"])
+def test_asft_without_its_anchor_is_dft_exactly_and_needs_no_reference(loss):
     logits, targets, mask, ref, _ = batch()
     log_probs, entropy = forward(logits, targets)
     n = int(mask.sum())
     dft = family_loss(log_probs, token_weights(LossConfig("dft"), log_probs, entropy, mask), n)
-    asft = family_loss(log_probs, token_weights(LossConfig("asft", asft_anchor=0.0), log_probs, entropy, mask), n)
+    asft = family_loss(log_probs, token_weights(LossConfig(loss, asft_anchor=0.0), log_probs, entropy, mask), n)
     assert asft.item() == dft.item()
     assert torch.equal(torch.autograd.grad(asft, logits, retain_graph=True)[0], torch.autograd.grad(dft, logits)[0])
-    assert not LossConfig("asft", asft_anchor=0.0).needs_reference and LossConfig("asft").needs_reference
-    # where the model still is the reference, the anchor is 0 and its gradient too: ASFT starts as DFT
-    at_start = token_weights(LossConfig("asft"), log_probs, entropy, mask, ref_log_probs=log_probs.detach())
+    off, on = LossConfig(loss, asft_anchor=0.0), LossConfig(loss)
+    assert not (off.needs_reference_log_probs or off.needs_reference_model)
+    assert (on.needs_reference_model, on.needs_reference_log_probs) == ((True, False) if loss == "asft" else
+                                                                         (False, True))
+
+
+def test_asft_token_starts_as_dft_where_the_model_is_its_reference():
+    logits, targets, mask, _, _ = batch()
+    log_probs, entropy = forward(logits, targets)
+    at_start = token_weights(LossConfig("asft_token"), log_probs, entropy, mask, ref_log_probs=log_probs.detach())
     assert at_start.anchor.abs().max().item() == 0.0
 
 

@@ -10,6 +10,7 @@ import torch
 from conftest import make_model
 from datasets import Dataset
 from peft import LoraConfig
+from transformers import AutoModelForCausalLM
 
 from opsft.commands.train import TrainConfig, run_train
 from opsft.engine.sft_config import LOSS_HYPERPARAMETERS, SFTConfig
@@ -127,3 +128,25 @@ def test_the_api_gives_opsft_trains_losses_step_for_step(model_dir, tmp_path, ca
     trainer.train()
     assert len(losses(cli["log_history"])) == 3
     assert losses(trainer.state.log_history) == pytest.approx(losses(cli["log_history"]), rel=1e-5, abs=1e-7)
+
+
+def test_asft_under_lora_takes_its_reference_with_the_adapter_off(model_dir, tmp_path):
+    """The full-vocabulary anchor from the same model with its adapter off: 0 at the first step, then growing."""
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
+    trainer = SFTTrainer(model=str(model_dir), args=api_config(tmp_path, loss_type="asft"),
+                         train_dataset=Dataset.from_list(CONVERSATIONAL), peft_config=lora)
+    assert trainer.ref_model == "adapter-off"
+    trainer.train()
+    kl = [h["asft/kl_mean"] for h in trainer.state.log_history if "loss" in h]
+    assert len(kl) == 3 and kl[0] == pytest.approx(0.0, abs=1e-7) and kl[-1] > 1e-6
+
+
+def test_asft_refuses_a_scaled_head_and_an_adapter_off_reference_without_an_adapter(model_dir, tmp_path):
+    dataset = Dataset.from_list([{k: r[k] for k in ("prompt", "completion")} for r in CONVERSATIONAL])
+    with pytest.raises(ValueError, match='ref_model="adapter-off" needs a model with a PEFT adapter'):
+        SFTTrainer(model=str(model_dir), args=api_config(tmp_path, loss_type="asft"), train_dataset=dataset,
+                   ref_model="adapter-off")
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    model.config.final_logit_softcapping = 30.0
+    with pytest.raises(ValueError, match=r"scales or caps its logits \(final_logit_softcapping\)"):
+        SFTTrainer(model=model, args=api_config(tmp_path, loss_type="asft"), train_dataset=dataset)

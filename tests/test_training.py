@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import launch, make_model
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, TrainerCallback
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
 from opsft.commands.train import TrainConfig, run_train
@@ -58,7 +58,8 @@ METHODS = {
     "iwsft": {}, "iwsft_token": {"loss": "iwsft", "iw_level": "token"}, "iwsft_frozen": {"loss": "iwsft",
                                                                                             "iw_reference": "frozen"},
     "sftq": {}, "sftq_sample": {"loss": "sftq", "quality_mode": "sample"},
-    "eaft": {}, "asft": {}, "asft_frozen": {"loss": "asft", "iw_reference": "frozen", "asft_anchor": 1.0},
+    "eaft": {}, "asft": {}, "asft_token": {},
+    "asft_token_frozen": {"loss": "asft_token", "iw_reference": "frozen", "asft_anchor": 1.0},
 }
 
 
@@ -84,9 +85,9 @@ def test_every_method_lowers_the_nll_and_changes_the_weights(model_dir, data_pat
         assert logged(summary, "idft/lambda") == [1.0] * 12 and logged(summary, "idft/gamma_mean")
     if options["loss"] == "iwsft" and options.get("iw_level", "sequence") == "sequence":
         assert logged(summary, "iwsft/sequence_weight_mean")[0] == pytest.approx(1.0)  # step 0: SFT
-    if options["loss"] == "asft":  # the anchor is 0 at step 0 (the model is its reference) and grows after
-        k3 = logged(summary, "asft/k3_mean")
-        assert k3[0] == pytest.approx(0.0, abs=1e-6) and k3[-1] > 1e-4
+    if options["loss"].startswith("asft"):  # the anchor is 0 at step 0 (the model is its reference), grows after
+        anchor = logged(summary, "asft/kl_mean" if options["loss"] == "asft" else "asft/k3_mean")
+        assert len(anchor) == 12 and anchor[0] == pytest.approx(0.0, abs=1e-6) and anchor[-1] > 1e-4
 
 
 class RecordGradients(TrainerCallback):
@@ -98,7 +99,7 @@ class RecordGradients(TrainerCallback):
 
 
 @pytest.mark.parametrize("name", ["sft", "dft", "idft", "iwsft", "iwsft_token", "sftq", "sftq_sample", "eaft",
-                                  "asft"])
+                                  "asft", "asft_token"])
 def test_gradient_accumulation_does_not_change_the_gradient(model_dir, data_path, tmp_path, name):
     options = {"loss": name, **METHODS.get(name, {})}
     grads = []
@@ -213,10 +214,11 @@ def test_checkpoints_not_written_by_opsft_are_not_resumed(model_dir, data_path, 
     assert not (tmp_path / "checkpoint-7").exists()
 
 
-@pytest.mark.parametrize("loss", ["idft", "iwsft"])
+@pytest.mark.parametrize("loss", ["idft", "iwsft", "asft"])
 def test_two_processes_give_the_single_process_loss(model_dir, data_path, tmp_path, loss):
     """`accelerate launch` with 2 CPU processes (gloo) on the same global batch as one process. iw-SFT's reference
-    pass (precomputed before training) is sharded too: each process logs its share, every process reads all."""
+    pass (precomputed before training) is sharded too: each process logs its share, every process reads all. ASFT's
+    anchor (the hidden states recorded inside DDP's forward, the frozen reference's) is the same too."""
     common = ["--model", str(model_dir), "--data", data_path, "--prompt-field", "question", "--completion-field",
               "solution", "--loss", loss, "--max-steps", "2", "--logging-steps", "1", "--learning-rate", "3e-3",
               "--no-progress", "--seed", "0", "--limit", "8"]
@@ -229,6 +231,9 @@ def test_two_processes_give_the_single_process_loss(model_dir, data_path, tmp_pa
         assert shards == ["reference_logprobs-0-of-2.jsonl", "reference_logprobs-1-of-2.jsonl"]
         weights = logged(single, "iwsft/sequence_weight_mean")
         assert weights and logged(two, "iwsft/sequence_weight_mean") == pytest.approx(weights, rel=1e-4)
+    if loss == "asft":
+        kl = logged(single, "asft/kl_mean")
+        assert kl[-1] > 0 and logged(two, "asft/kl_mean") == pytest.approx(kl, rel=1e-4, abs=1e-7)
     assert logged(two, "num_tokens") == logged(single, "num_tokens")
 
 
@@ -237,6 +242,7 @@ def test_two_processes_give_the_single_process_loss(model_dir, data_path, tmp_pa
     (dict(loss="idft", idft_gamma_min=3.0), OpsftError, "--idft-gamma-min <= --idft-gamma-max"),
     (dict(loss="iwsft", iw_reference="field"), DataError, "row 1: field 'token_logprob': needs a list of"),
     (dict(loss="sftq", quality_field=None), OpsftError, "--loss sftq needs --quality-field"),
+    (dict(loss="asft", iw_reference="precompute"), OpsftError, "--loss asft anchors to the reference's whole"),
     (dict(max_length=8), DataError, "row 1: field 'prompt': is"),
 ])
 def test_bad_configuration_fails_before_training(model_dir, data_path, tmp_path, overrides, error, message):
@@ -333,3 +339,22 @@ def test_a_refusal_names_the_earlier_run_by_step_order(tmp_path):
     paths = [tmp_path / f"checkpoint-{n}" for n in (5, 10, 15, 20, 25)] + [tmp_path / "opsft_run.json"]
     assert _describe(paths) == "checkpoint-5 ... checkpoint-25 (5 checkpoints), opsft_run.json"
     assert _describe(paths[:2]) == "checkpoint-5, checkpoint-10"
+
+
+@pytest.mark.parametrize("rows, batch", [(3, 4), (6, 4), (8, 4)])
+def test_the_budget_plan_trains_on_the_budget_however_the_rows_fill_the_batches(model_dir, data_path, tmp_path, rows,
+                                                                                batch):
+    """budget_steps plans from the tokens a step sees (all the rows when they are fewer than a batch, a partial last
+    batch each epoch otherwise), so TRL's own count of the tokens trained is the budget: 6 epochs' worth here,
+    exactly. The plan that assumed full batches trained 4 epochs of 3 rows, and 4.5 epochs of 6."""
+    from opsft.engine.train_config import budget_steps
+    from opsft.inputs.data import load_examples
+    from opsft.inputs.rendering import tokenize_dataset
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    examples = load_examples(data_path, prompt_field="question", completion_field="solution", limit=rows).examples
+    lengths = [len(t.input_ids) for t in tokenize_dataset(examples, tokenizer)[0]]
+    steps = budget_steps(6 * sum(lengths), rows, batch, sum(lengths) / rows)
+    summary = run_train(config(model_dir, data_path, tmp_path, loss="sft", limit=rows, max_steps=steps,
+                               per_device_train_batch_size=batch))
+    assert summary["train_tokens"] == 6 * sum(lengths)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from ..engine.realignment import RealignConfig
 from ..engine.rejection_sampling import RejectionConfig
-from ..engine.train_config import PREFERENCE_METHODS, TrainConfig
+from ..engine.train_config import PREFERENCE_METHODS, TrainConfig, budget_steps
 from ..inputs.data import load_examples
 from ..runtime.errors import OpsftError
 from ..runtime.options import option
@@ -69,8 +69,9 @@ class IterateConfig(TrainConfig):
                                         "solution, or skip it", choices=["reference", "skip"])
     rounds: int = option(3, "rounds of generate -> check -> train", at_least=1)
     token_budget: int | None = option(None, "training tokens (prompt + completion) over all rounds, in equal "
-                                            "shares: a round trains share / (global batch x its mean tokens per "
-                                            "example) steps (default: --max-steps or --num-train-epochs a round)",
+                                            "shares: a round trains share / (tokens a step sees: a global batch of "
+                                            "its rows, or all of them when fewer) steps (default: --max-steps or "
+                                            "--num-train-epochs a round)",
                                       at_least=1)
     k: int = option(4, "rejection: samples per problem", at_least=1)
     per_problem: int = option(1, "rejection: distinct correct answers kept per problem (<= --k)", at_least=1)
@@ -153,7 +154,7 @@ def _round(config: IterateConfig, directory: Path, r: int, model: str, problems)
     phi = main_result(run_score(ScoreConfig(model=model, data=str(data), out=str(directory / "score"),
                                             max_length=config.max_length, device=config.device,
                                             progress=config.progress)))["phi_mean"]
-    train = _train_config(config, directory, model, made["tokens_per_example"], r)
+    train = _train_config(config, directory, model, made["tokens_per_example"], made["rows"], r)
     trained = main_result(run_train(train))
     next_model = _round_model(config, directory)
     record = {"round": r, "model": model, **{k: v for k, v in made.items() if k != "tokens_per_example"},
@@ -229,7 +230,7 @@ def _tokens_per_example(config: IterateConfig, path: Path) -> float:
     return sum(len(t.input_ids) for t in tokenized) / len(tokenized)
 
 
-def _train_config(config: IterateConfig, directory: Path, model: str, tokens_per_example: float,
+def _train_config(config: IterateConfig, directory: Path, model: str, tokens_per_example: float, rows: int,
                   r: int) -> TrainConfig:
     """The round's `opsft train`: every training option of the command, on the round's data, resumed if cut off."""
     options = {f.name: getattr(config, f.name) for f in fields(TrainConfig)}
@@ -238,8 +239,7 @@ def _train_config(config: IterateConfig, directory: Path, model: str, tokens_per
                    resume=True, overwrite=False, seed=config.seed + r - 1)
     if config.token_budget is not None:
         batch = config.per_device_train_batch_size * config.gradient_accumulation_steps * state().num_processes
-        share = config.token_budget / config.rounds
-        options["max_steps"] = max(1, round(share / (batch * tokens_per_example)))
+        options["max_steps"] = budget_steps(config.token_budget / config.rounds, rows, batch, tokens_per_example)
     return TrainConfig(**options)
 
 

@@ -2,7 +2,7 @@
 
 Everything that can be wrong with the configuration or the data is checked before the first step.
 Writes into output_dir: TRL checkpoints (checkpoint-N/), the final model (final/), the precomputed
-iw-SFT reference log-probs (reference_logprobs.jsonl, resumable), and train_summary.json.
+iw-SFT's and asft_token's reference log-probs (reference_logprobs.jsonl, resumable), and train_summary.json.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 from ..engine.scoring import token_logprobs
 from ..engine.sft_config import LOSS_HYPERPARAMETERS, SFTConfig
 from ..engine.sft_trainer import SFTTrainer, build_train_dataset
-from ..engine.train_config import PREFERENCE_METHODS, TrainConfig
+from ..engine.train_config import PREFERENCE_METHODS, SELF_DISTILLATION, TrainConfig
 from ..engine.trl_setup import lora_config, train_and_save, trl_arguments
 from ..inputs.prepare import prepare
 from ..inputs.rendering import fingerprint
@@ -28,6 +28,10 @@ def run_train(config: TrainConfig, *, callbacks=None) -> dict:
         from ..engine.preference_training import run_preference_train
 
         return run_preference_train(config, callbacks=callbacks)
+    if config.loss in SELF_DISTILLATION:
+        from ..engine.self_distillation import run_sdft_train
+
+        return run_sdft_train(config, callbacks=callbacks)
     loss = config.loss_config()
     args = trl_arguments(config, SFTConfig, default_lr=(2e-4, 1e-5), max_length=config.max_length,
                          loss_type=loss.loss, logits_memory_mb=config.logits_memory_mb,
@@ -44,10 +48,10 @@ def run_train(config: TrainConfig, *, callbacks=None) -> dict:
     run = TrainingRun.claim(out, config, inputs_sha256=fingerprint(tokenized))
     if run.finished is not None:
         return run.finished
-    ref_log_probs = None  # iw_reference "frozen": the trainer's own frozen copy (adapter off under LoRA)
-    if loss.needs_reference and config.iw_reference == "field":
+    ref_log_probs = None  # "frozen" (and asft): the trainer's own frozen copy (adapter off under LoRA)
+    if loss.needs_reference_log_probs and config.iw_reference == "field":
         ref_log_probs = _reference_from_field(config, tokenized, rows)
-    elif loss.needs_reference and config.iw_reference == "precompute":
+    elif loss.needs_reference_log_probs and config.iw_reference in (None, "precompute"):
         ref_log_probs = _precompute_reference(config, model, tokenized, out)
     trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer, peft_config=peft_config,
                          train_dataset=build_train_dataset(tokenized, ref_log_probs=ref_log_probs, quality=quality),

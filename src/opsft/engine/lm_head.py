@@ -13,13 +13,19 @@ The trainer takes the logits way for a micro-batch when B * L * V * 4 bytes fit 
 the fused head otherwise. The default budget is 1024 MiB where the fused head has no Triton kernel (a CPU)
 and 0 on CUDA and XPU, so there the fused head always runs. The entropy carries no gradient on the logits
 way: every loss of the family uses it under a stop-gradient (methods/losses.py).
+
+ASFT's anchor needs more than per-token statistics: the whole next-token distributions of the model and of its
+reference. `last_hidden_states` records the backbone's output during the step's own forward (either way), and
+`output_head` gives the LM head's weight and bias, from which methods/vocab_kl.py tiles the KL.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+from torch.distributed.tensor import DTensor
 
 DEFAULT_LOGITS_MEMORY_MB = 1024  # where the fused head folds its tiles in torch ops
 TRITON_DEVICES = ("cuda", "xpu")  # where TRL's fused head has its Triton kernel
@@ -63,3 +69,46 @@ def from_logits(logits: torch.Tensor, labels: torch.Tensor) -> TokenStatistics:
         entropy = -torch.linalg.vecdot(log_p.exp(), log_p).masked_fill(~mask, 0.0)
         is_top1 = (log_p.argmax(dim=-1) == labels) & mask
     return TokenStatistics(log_probs=log_probs, entropy=entropy, is_top1=is_top1, label_mask=mask)
+
+
+def transformers_model(model):
+    """The transformers model itself: inside a PEFT wrapper, the model the adapters were put into."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def backbone(model):
+    """The model without its LM head (transformers' `base_model`: e.g. LlamaForCausalLM.model)."""
+    return transformers_model(model).base_model
+
+
+@contextmanager
+def last_hidden_states(model):
+    """Within the block, each forward of `model` (unwrapped from DDP) appends its backbone's last hidden state
+    [B, L, d], with its gradient, to the yielded list: what the LM head projects, after the final norm."""
+    captured = []
+    handle = backbone(model).register_forward_hook(lambda module, args, output: captured.append(
+        output.last_hidden_state))
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+SCALED_HEAD_FIELDS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier",
+                      "logits_scaling")
+
+
+def output_head(model) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The LM head's weight [V, d] and bias [V] (or None): z = h W^T + b. Refused (ValueError) for a model that
+    scales or caps its logits. (An adapter on lm_head is refused by TRL itself.)"""
+    inner = transformers_model(model)
+    head = inner.get_output_embeddings()
+    config = inner.config.get_text_config()
+    scaled = [name for name in SCALED_HEAD_FIELDS if getattr(config, name, None) not in (None, 1, 1.0)]
+    if scaled:
+        raise ValueError(f"the model scales or caps its logits ({', '.join(scaled)}): the full-vocabulary KL "
+                         f"supports plain heads, z = h W^T + b")
+    weight, bias = head.weight, head.bias
+    if isinstance(weight, DTensor):  # FSDP2 shards the head: gather it, as TRL's fused head does
+        weight, bias = weight.full_tensor(), None if bias is None else bias.full_tensor()
+    return weight, bias

@@ -3,8 +3,9 @@
     SFTConfig(output_dir="out", loss_type="idft", idft_beta=1.0)
 
 `loss_type`: TRL's own values ("nll", the same as "sft") or any loss of methods/losses.py (sft, dft, idft,
-idft_legacy, iwsft, sftq, eaft, asft; TRL's "dft" is the family's dft). Each loss's hyperparameters are fields here
-with the names and defaults of `opsft train`'s flags (LossConfig), and are checked as the command checks them.
+idft_legacy, iwsft, sftq, eaft, asft, asft_token; TRL's "dft" is the family's dft). Each loss's hyperparameters are
+fields here with the names and defaults of `opsft train`'s flags (LossConfig), and are checked as the command checks
+them.
 """
 
 from __future__ import annotations

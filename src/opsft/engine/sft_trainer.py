@@ -12,14 +12,17 @@ them into the family's weights and loss, keeps TRL's normaliser (`num_items_in_b
 whole accumulated, data-parallel batch), and logs what the loss is doing and how on-policy the batches are
 (phi/mean, phi/on_policy_share: engine/phi_callback.py).
 
-iw-SFT's and ASFT's reference log-probs: a `ref_log_probs` column aligned to input_ids (what `opsft train`
+iw-SFT's and asft_token's reference log-probs: a `ref_log_probs` column aligned to input_ids (what `opsft train`
 precomputes), else `ref_model`: by default a frozen copy of the initial model, or with LoRA the model with its
-adapter off. SFT(Q) reads each example's quality from the `quality_column`. Packing and padding-free are refused:
-sequence-level weights (iw-SFT, SFT(Q)) need one example per row.
+adapter off. ASFT's full-vocabulary anchor always needs `ref_model` (the same default): its backbone's last hidden
+states and LM head give p_ref at every position, and methods/vocab_kl.py tiles KL(p_ref || p_theta). SFT(Q) reads
+each example's quality from the `quality_column`. Packing and padding-free are refused: sequence-level weights
+(iw-SFT, SFT(Q)) need one example per row.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +36,7 @@ from trl.trainer import add_fused_lm_head
 from ..inputs.rendering import TokenizedExample
 from ..methods.ddt import phi_metrics
 from ..methods.losses import family_loss, token_weights
+from ..methods.vocab_kl import vocab_kl
 from . import lm_head
 from .sft_config import SFTConfig
 
@@ -73,8 +77,8 @@ class FamilyCollator:
 
 class SFTTrainer(trl.SFTTrainer):
     """TRL's SFTTrainer with the loss of `args.loss_type` (an opsft.SFTConfig): losses.family_loss with
-    losses.token_weights. Takes what TRL's takes, plus `ref_model` for iw-SFT and ASFT: a model, "adapter-off", or
-    None (the default: a frozen copy of the initial model, or the adapter turned off under LoRA)."""
+    losses.token_weights. Takes what TRL's takes, plus `ref_model` for iw-SFT and the ASFTs: a model, "adapter-off",
+    or None (the default: a frozen copy of the initial model, or the adapter turned off under LoRA)."""
 
     def __init__(self, model, args: SFTConfig | None = None, *, ref_model=None, **kwargs):
         if args is None:
@@ -96,8 +100,14 @@ class SFTTrainer(trl.SFTTrainer):
         finally:
             args.loss_type = loss_type
         self.data_collator = FamilyCollator(self.data_collator)
-        if self.loss_config.needs_reference and ref_model is None and REF_COLUMN not in self.train_dataset.column_names:
+        needs_model = self.loss_config.needs_reference_model or (
+            self.loss_config.needs_reference_log_probs and REF_COLUMN not in self.train_dataset.column_names)
+        if needs_model and ref_model is None:
             ref_model = "adapter-off" if _has_adapter(self.model) else _frozen_copy(self.model)
+        if ref_model == "adapter-off" and not _has_adapter(self.model):
+            raise ValueError('ref_model="adapter-off" needs a model with a PEFT adapter (pass peft_config)')
+        if self.loss_config.needs_reference_model:
+            lm_head.output_head(self.model)  # refused here, before training, where the head is not z = h W^T + b
         self.ref_model = ref_model
         self.logits_budget = lm_head.logits_memory_budget(args.logits_memory_mb, self.args.device)
         self.head_calls = {"logits": 0, "fused": 0}  # micro-batches (and reference passes) per way; train_summary
@@ -122,13 +132,20 @@ class SFTTrainer(trl.SFTTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         ref_log_probs, quality = inputs.pop(REF_COLUMN, None), inputs.pop(QUALITY_COLUMN, None)
         inputs["use_cache"] = False
-        outputs = self._token_statistics(model, inputs)
-        if self.loss_config.needs_reference:
+        reference_kl = None
+        if self.loss_config.needs_reference_model:
+            with lm_head.last_hidden_states(self.accelerator.unwrap_model(model)) as hidden:
+                outputs = self._token_statistics(model, inputs)
+            reference_kl = self._reference_kl(model, inputs, hidden[-1], outputs.label_mask)
+        else:
+            outputs = self._token_statistics(model, inputs)
+        if self.loss_config.needs_reference_log_probs:
             ref_log_probs = ref_log_probs[:, 1:] if ref_log_probs is not None else self._reference(model, inputs)
         progress = self.state.global_step / self.state.max_steps if self.state.max_steps else 0.0
         terms = token_weights(self.loss_config, outputs.log_probs, outputs.entropy, outputs.label_mask,
                               progress=progress, ref_log_probs=ref_log_probs, quality=quality,
-                              vocab_size=self.accelerator.unwrap_model(model).config.vocab_size)
+                              vocab_size=self.accelerator.unwrap_model(model).config.vocab_size,
+                              reference_kl=reference_kl)
         num_tokens = outputs.label_mask.sum() if num_items_in_batch is None else num_items_in_batch
         loss = family_loss(outputs.log_probs, terms, num_tokens)
         # As TRL: num_items_in_batch counts every rank's tokens, and DDP averages gradients across ranks
@@ -157,6 +174,21 @@ class SFTTrainer(trl.SFTTrainer):
             raise ValueError(f"{self.loss_config.loss} needs reference log-probs: a ref_log_probs column or a "
                              f"ref_model")
         return self._token_statistics(self.ref_model, inputs).log_probs
+
+    def _reference_kl(self, model, inputs, hidden: torch.Tensor, label_mask: torch.Tensor) -> torch.Tensor:
+        """KL(p_ref,t || p_theta,t) [B, L - 1] at the completion positions (0 elsewhere), differentiable in the
+        policy: from its last hidden states (recorded in the step's forward) and the reference's, tiled over the
+        vocabulary."""
+        policy = self.accelerator.unwrap_model(model)
+        adapter_off = self.ref_model == "adapter-off"
+        reference = policy if adapter_off else self.accelerator.unwrap_model(self.ref_model)
+        with torch.no_grad(), policy.disable_adapter() if adapter_off else contextlib.nullcontext():
+            ref_hidden = lm_head.backbone(reference)(**{k: v for k, v in inputs.items() if k != "labels"})
+        ref_head = lm_head.output_head(reference)  # the same head under adapter-off: it has no adapter
+        kl = vocab_kl(hidden[:, :-1][label_mask], *lm_head.output_head(policy),
+                      ref_hidden.last_hidden_state[:, :-1][label_mask], *ref_head)
+        # masked_scatter keeps the result connected to the model even where no position is in the completion
+        return kl.new_zeros(label_mask.shape).masked_scatter(label_mask, kl)
 
     def _record_metrics(self, inputs, outputs, terms) -> None:
         """Per step, across processes: entropy, token accuracy, tokens seen, and the method's weights."""
@@ -198,8 +230,10 @@ class SFTTrainer(trl.SFTTrainer):
             metrics["iwsft/sequence_weight_max"].append(gather(largest).max().item())
         if "clipped" in stats:
             metrics["iwsft/clipped_fraction"].append(pooled_mean(stats["clipped"]))
-        if "k3" in stats:  # ASFT's anchor: the k3 estimate per completion token, before its weight mu
+        if "k3" in stats:  # asft_token's anchor: the k3 estimate per completion token, before its weight mu
             metrics["asft/k3_mean"].append(pooled_mean(stats["k3"]))
+        if "kl" in stats:  # ASFT's anchor: KL(p_ref || p_theta) per completion token, before its weight mu
+            metrics["asft/kl_mean"].append(pooled_mean(stats["kl"]))
         if mode == "train":
             self._total_train_tokens += gather(inputs["attention_mask"].sum()).sum().item()
         metrics["num_tokens"] = [self._total_train_tokens]

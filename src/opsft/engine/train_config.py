@@ -6,6 +6,7 @@ is also a flag of `opsft train` (runtime/options.py).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from transformers import SchedulerType
@@ -14,12 +15,15 @@ from ..methods.losses import METHODS, LossConfig
 from ..runtime.options import REQUIRED, option
 
 PREFERENCE_METHODS = ("dpo", "simpo")
+SELF_DISTILLATION = ("sdft",)  # on-policy self-distillation, TRL's SDFTTrainer (engine/self_distillation.py)
 
 
 @dataclass(kw_only=True)
 class TrainConfig(LossConfig):
-    loss: str = option("sft", "loss: " + ", ".join(METHODS + PREFERENCE_METHODS) + " (dpo and simpo train on "
-                              "preference pairs, e.g. from opsft prefs)", choices=list(METHODS + PREFERENCE_METHODS))
+    loss: str = option("sft", "loss: " + ", ".join(METHODS + PREFERENCE_METHODS + SELF_DISTILLATION) + " (dpo and "
+                              "simpo train on preference pairs, e.g. from opsft prefs; sdft samples from the model "
+                              "and distils the model shown the completion into it)",
+                       choices=list(METHODS + PREFERENCE_METHODS + SELF_DISTILLATION))
     model: str = option(REQUIRED, "model: built-in alias (smollm2-135m), local directory or hub id")
     data: str = option(REQUIRED, "dataset (as for opsft score)")
     output_dir: str = option("runs/train", "output directory: checkpoints, final model, summary", output_dir=True)
@@ -31,9 +35,11 @@ class TrainConfig(LossConfig):
     max_length: int = option(1024, "token limit of prompt + completion; longer completions are truncated",
                              at_least=2)
     quality_field: str | None = option(None, "SFT(Q): column holding each example's quality score (>= 0)")
-    iw_reference: str = option("precompute", "iw-SFT's and ASFT's reference log-probs: precompute (once, with "
-                                              "the initial model), frozen (a frozen copy during training), or "
-                                              "field (a column of the data)", choices=["precompute", "frozen", "field"])
+    iw_reference: str | None = option(None, "iw-SFT's and asft_token's reference log-probs: precompute (once, with "
+                                            "the initial model; the default), frozen (a frozen copy during "
+                                            "training, the adapter off under LoRA), or field (a column of the "
+                                            "data). asft takes only frozen: its anchor needs the reference's whole "
+                                            "distribution at train time", choices=["precompute", "frozen", "field"])
     ref_logprobs_field: str = option("token_logprob", "with --iw-reference field: the column of per-token "
                                                        "log-probs (opsft score --save-tokens writes it)")
     learning_rate: float | None = option(None, "peak learning rate (default 1e-5, or 2e-4 with --lora)", above=0)
@@ -72,6 +78,8 @@ class TrainConfig(LossConfig):
     dpo_beta: float = option(0.1, "DPO beta (strength of the KL tie to the reference model)", above=0)
     simpo_beta: float = option(2.0, "SimPO beta (scale of the length-normalised reward)", above=0)
     simpo_gamma: float = option(1.0, "SimPO target reward margin gamma", at_least=0)
+    sdft_generations: int = option(1, "SDFT: samples per prompt in a batch (TRL's default is 8)", at_least=1)
+    sdft_max_new_tokens: int = option(256, "SDFT: longest completion the student samples", at_least=1)
     sft_args: dict = option(help_text="other options of the TRL trainer config (SFTConfig, DPOConfig or CPOConfig; "
                                       "YAML only)", factory=dict, yaml_only=True)
 
@@ -85,7 +93,22 @@ class TrainConfig(LossConfig):
             (all(t.strip() for t in targets), f"--lora-target-modules {self.lora_target_modules!r}: comma-separated "
                                               f"module names (e.g. q_proj,v_proj) or all-linear"),
             (not (self.resume and self.overwrite), "--resume and --overwrite exclude each other"),
+            (not (self.loss == "asft" and self.iw_reference in ("precompute", "field")),
+             f"--loss asft anchors to the reference's whole next-token distribution at every position, which "
+             f"--iw-reference {self.iw_reference} cannot give: leave --iw-reference unset (or frozen), or use "
+             f"--loss asft_token, the anchor at the data token from per-token log-probs"),
         ]
 
     def loss_config(self) -> LossConfig:
         return LossConfig(**{f: getattr(self, f) for f in LossConfig.__dataclass_fields__})
+
+
+def budget_steps(token_budget: float, examples: int, batch: int, tokens_per_example: float) -> int:
+    """Optimizer steps that train on `token_budget` tokens (at least 1). An epoch of `examples` rows takes
+    ceil(examples / batch) steps, its last batch partial, so a step sees on average
+
+        tokens per step = examples * tokens_per_example / ceil(examples / batch)
+
+    (batch x tokens_per_example when the batch divides the rows; all the rows when they are fewer than a batch)."""
+    per_step = examples * tokens_per_example / math.ceil(examples / batch)
+    return max(1, round(token_budget / per_step))

@@ -94,12 +94,14 @@ def lora_config(config: TrainConfig, model):
 
 
 def train_and_save(trainer, run: TrainingRun, config: TrainConfig, tokenizer, *, examples: int, skipped: list,
-                   rows_read: int, truncated: int, tokens_per_example: float | None = None) -> dict:
+                   rows_read: int, truncated: int, tokens_per_example: float | None = None,
+                   extra: dict | None = None) -> dict:
     """Train (resuming from the run's own last checkpoint with --resume), save final/, write train_summary.json.
 
     Wall time and training tokens add up over resumed runs, killed ones included: each checkpoint records
     both up to it (runtime/checkpoints.py). Training tokens: TRL's own count of input tokens (`num_tokens`) where
-    the trainer logs it, else examples seen times the mean tokens per example."""
+    the trainer logs it, else examples seen times the mean tokens per example. `extra`: more entries for the
+    summary (e.g. the settings a trainer used)."""
     out = Path(config.output_dir)
     progress = run.callback(trainer)
     trainer.add_callback(progress)
@@ -131,6 +133,7 @@ def train_and_save(trainer, run: TrainingRun, config: TrainConfig, tokenizer, *,
         "resumed_from": run.resume_from,
         **({"lm_head_calls_this_run": dict(trainer.head_calls)}  # the main process's forward passes, each way
            if hasattr(trainer, "head_calls") else {}),
+        **(extra or {}),
         "log_history": history,
     }
     if main:

@@ -1,5 +1,5 @@
-"""The lab's methods: each a loss of the family (or DPO, SimPO) and the training data it learns from. Named
-ones (sft, idft_realigned, dpo, ...), any LOSS@DATA pair, and the iterative ones, LOSS_iterative@SOURCE (rounds of
+"""The lab's methods: each a loss of the family (or DPO, SimPO, SDFT) and the training data it learns from. Named
+ones (sft, idft_realigned, dpo, sdft, ...), any LOSS@DATA pair, and the iterative ones, LOSS_iterative@SOURCE (rounds of
 `opsft iterate`, SOURCE realign, rejection or realign+rejection, a problem with nothing accepted falling back to
 its reference; LOSS_iterative_skip@SOURCE leaves it out); read by the lab's stages (study.py) and its report
 (report.py).
@@ -16,6 +16,7 @@ METHODS = {  # method -> (loss, training data); any other loss@data pair works t
     "sft_realigned": ("sft", "realigned"), "idft_realigned": ("idft", "realigned"),
     "sft_rejection": ("sft", "rejection"), "idft_rejection": ("idft", "rejection"),
     "dpo": ("dpo", "prefs"), "simpo": ("simpo", "prefs"),
+    "sdft": ("sdft", "raw"),  # on-policy self-distillation: samples its own answers, the reference as the hint
 }
 SOURCES = {  # training data -> where it comes from
     "raw": "the reference solutions", "realigned": "their Hinted Decoding rewrites (stage 4)",
@@ -44,8 +45,9 @@ def method_spec(name: str) -> tuple[str, str]:
         if loss.endswith(suffix) and loss[:-len(suffix)] in FAMILY and source in ITERATIVE_SOURCES:
             return loss[:-len(suffix)], f"{prefix}:{source}"
     if (loss in FAMILY and source in ("raw", "realigned", "rejection")) or (loss in ("dpo", "simpo")
-                                                                             and source == "prefs"):
+                                                                             and source == "prefs") or (
+            loss == "sdft" and source == "raw"):
         return loss, source
     raise OpsftError(f"unknown lab method {name!r}: use one of {', '.join(METHODS)}, or LOSS@DATA with a loss of "
-                     f"{', '.join(FAMILY)} and DATA raw, realigned or rejection (dpo@prefs, simpo@prefs), or "
+                     f"{', '.join(FAMILY)} and DATA raw, realigned or rejection (dpo@prefs, simpo@prefs, sdft@raw), or "
                      f"LOSS_iterative@SOURCE (LOSS_iterative_skip@SOURCE) with SOURCE {', '.join(ITERATIVE_SOURCES)}")

@@ -58,6 +58,20 @@ def _iterated(run_dir: Path) -> dict | None:
             "train_seconds": sum(r["seconds"] or 0 for r in rounds)}
 
 
+def _train_tokens(out: Path, runs: list[dict]) -> list[float]:
+    """Each run's training tokens: its plan (steps x tokens a step sees), or where the plan cannot
+    know them (sdft's samples, an iterative method's rounds) what its training counted."""
+    tokens = []
+    for run in runs:
+        if "skipped" in run:
+            continue
+        if run.get("train_tokens") is not None:
+            tokens.append(run["train_tokens"])
+        elif (counted := _read(out / run["dir"] / "train_summary.json") or _iterated(out / run["dir"])):
+            tokens.append(counted["train_tokens"])
+    return tokens
+
+
 def collect_rows(out: Path, settings: dict, runs: dict) -> list[dict]:
     base = _read(out / "eval" / "base" / "eval_summary.json")
     rows = [{"method": "base (no training)", "seeds": 1, "in_domain": (base["in_domain_accuracy"], None),
@@ -83,8 +97,7 @@ def collect_rows(out: Path, settings: dict, runs: dict) -> list[dict]:
             "sets": {name: _spread([e["sets"][name]["accuracy"] for e in evals]) for name in base["sets"]},
             "drift": _spread([(e.get("drift") or {}).get("drift") for e in evals]),
             "train_phi_mean": _phi_of(out, method_spec(method)[1]),
-            "train_tokens": _spread([runs[n]["train_tokens"] for n in names if "train_tokens" in runs.get(n, {})]
-                                    or [t["train_tokens"] for t in trains if t.get("iterated")]),
+            "train_tokens": _spread(_train_tokens(out, [runs[n] for n in names if n in runs])),
             "train_seconds": _spread([t["train_seconds"] for t in trains]),
             "learning_rate": ", ".join("default" if r is None else f"{r:g}" for r in rates) or None,
             "note": skipped[0] if skipped else "",
@@ -225,6 +238,16 @@ def format_results(rows: list[dict], settings: dict) -> str:
     return "\n".join(lines)
 
 
+def format_sdft_settings(out: Path, runs: dict) -> str:
+    """What the sdft runs used of TRL's SDFTTrainer (its train_summary.json), or "" when the lab ran none."""
+    for name, run in runs.items():
+        summary = _read(out / run["dir"] / "train_summary.json") if "dir" in run else None
+        if summary and "sdft" in summary:
+            used = ", ".join(f"{k} {v!r}" for k, v in summary["sdft"].items())
+            return f"sdft (TRL's experimental SDFTTrainer), as {name} ran it: {used}"
+    return ""
+
+
 def format_sets(rows: list[dict]) -> str:
     names = list(rows[0]["sets"])
     lines = ["Accuracy per test set (mean ± std over seeds)", "",
@@ -243,6 +266,8 @@ def write_report(out: Path, settings: dict, runs: dict, selected: dict | None = 
         table += "\n\n" + format_differences(differences)
     if selection := format_selection(selected or {}):
         table += "\n\n" + selection
+    if sdft := format_sdft_settings(out, runs):
+        table += "\n\n" + sdft
     (report / "results.md").write_text(table + "\n")
     (report / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     (report / "differences.json").write_text(json.dumps(differences, indent=2) + "\n")

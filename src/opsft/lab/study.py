@@ -388,8 +388,8 @@ class Lab:
 
     @functools.cached_property
     def training_sets(self) -> dict:
-        """method data kind -> (data path, fields, tokens per example) for the budget; built once (stages 4 and 5
-        both train)."""
+        """method data kind -> (data path, fields, tokens per example, examples) for the budget; built once (stages
+        4 and 5 both train)."""
         d, sets = self.data, {}
         kinds = {method_spec(m)[1] for m in self.settings["methods"]}
         if "raw" in kinds:
@@ -414,7 +414,8 @@ class Lab:
         from ..inputs.models import resolve_model
 
         tokenizer = AutoTokenizer.from_pretrained(resolve_model(self.model))
-        return {kind: (path, fields, None if iterative(kind) else _tokens_per_example(path, fields, kind, tokenizer))
+        return {kind: (path, fields, *((None, None) if iterative(kind) else _tokens_per_example(path, fields, kind,
+                                                                                                   tokenizer)))
                 for kind, (path, fields) in sets.items()}
 
     def learning_rates(self, method: str) -> list[float | None]:
@@ -427,28 +428,32 @@ class Lab:
     def training(self, method: str, seed: int, learning_rate: float | None, sets: dict, name: str) -> tuple:
         """`method` at `learning_rate` with the lab's token budget into runs/<name>: the run's record, and the job
         steps that train it (resumed if cut off; none when the run finished earlier)."""
-        from ..engine.train_config import TrainConfig
+        from ..engine.train_config import TrainConfig, budget_steps
 
         s, (loss, kind) = self.settings, method_spec(method)
-        path, fields, tokens = sets[kind]
+        path, fields, tokens, examples = sets[kind]
         if iterative(kind):
             return self.iterative_training(method, seed, learning_rate, path, fields, name)
-        steps = max(1, round(s["token_budget"] / (s["batch_size"] * tokens)))
+        steps = budget_steps(s["token_budget"], examples, s["batch_size"], tokens)
+        per_step = examples * tokens / math.ceil(examples / s["batch_size"])
+        sdft = loss == "sdft"  # its samples' lengths are known once made: the step plan uses the references'
         out, steps_to_run = self.out / "runs" / name, []
         if not on_main(lambda: (out / "train_summary.json").exists() and (out / "final").exists()):
-            steps_to_run.append(("say", f"[lab {self.regime}] training {name}: {steps} steps of {s['batch_size']} x "
-                                        f"~{tokens:.0f} tokens" + (f", learning rate {learning_rate:g}"
-                                                                   if learning_rate else "")))
+            steps_to_run.append(("say", f"[lab {self.regime}] training {name}: {steps} steps of "
+                                        f"{min(examples, s['batch_size'])} x ~{tokens:.0f} tokens"
+                                        + (f", learning rate {learning_rate:g}" if learning_rate else "")))
             # the global batch split over the processes of `accelerate launch`
             steps_to_run.append(("train", TrainConfig(
                 model=self.model, data=path, prompt_field=fields[0], completion_field=fields[1], loss=loss,
                 output_dir=str(out), max_steps=steps,
                 per_device_train_batch_size=s["batch_size"] // state().num_processes,
                 lora=s["lora"], learning_rate=learning_rate, seed=seed, logging_steps=1,
-                save_steps=max(1, steps // 4), save_total_limit=1, resume=True, **self.common())))
+                save_steps=max(1, steps // 4), save_total_limit=1, resume=True,
+                **({"sdft_max_new_tokens": s["eval_max_new_tokens"]} if sdft else {}), **self.common())))
         return {"method": method, "seed": seed, "dir": f"runs/{name}", "learning_rate": learning_rate,
-                "steps": steps, "tokens_per_example": tokens,
-                "train_tokens": round(steps * s["batch_size"] * tokens)}, steps_to_run
+                "steps": steps, "tokens_per_example": tokens, "examples": examples,
+                # sdft: the tokens counted in training (report.py)
+                "train_tokens": None if sdft else round(steps * per_step)}, steps_to_run
 
     def counterpart(self, method: str) -> str | None:
         """The single-round method of this lab an iterative one takes its learning rate from: the same loss on the
@@ -691,16 +696,17 @@ def running_sums(expression: str) -> str:
     return "\n".join(lines + [f"#### {total}"])
 
 
-def _tokens_per_example(path: str, fields, kind: str, tokenizer) -> float:
+def _tokens_per_example(path: str, fields, kind: str, tokenizer) -> tuple[float, int]:
     """Mean training tokens per example (prompt + completion) or per pair (prompt + chosen, prompt + rejected),
-    tokenized as training renders them (chat template, EOS)."""
+    tokenized as training renders them (chat template, EOS), and the number of examples (pairs)."""
     from ..inputs.data import load_examples, load_preferences
     from ..inputs.rendering import tokenize_dataset
 
     if kind == "prefs":
         from ..engine.preference_training import fit_pairs
 
-        return fit_pairs(load_preferences(path)[0], tokenizer, max_length=10 ** 9, source=path)[1]
+        pairs, mean, _ = fit_pairs(load_preferences(path)[0], tokenizer, max_length=10 ** 9, source=path)
+        return mean, len(pairs)
     examples = load_examples(path, prompt_field=fields[0], completion_field=fields[1]).examples
     tokenized, _ = tokenize_dataset(examples, tokenizer, max_length=10 ** 9)
-    return sum(len(t.input_ids) for t in tokenized) / len(tokenized) if tokenized else math.nan
+    return (sum(len(t.input_ids) for t in tokenized) / len(tokenized) if tokenized else math.nan), len(tokenized)

@@ -18,17 +18,19 @@ result unchanged. The gradient with respect to the logits z_t is w_t * (softmax(
 | iwsft (tok.) | sg(clamp(exp(log p_theta - log p_ref), clip_low, clip_high))                     |
 | sftq         | q_b, the example's quality score (or sample examples in proportion to q_b)       |
 | eaft         | sg((H(p_t) / ln V) ** alpha), V the vocabulary size (Entropy-Adaptive FT, arXiv 2601.02151) |
-| asft         | sg(p_t(y_t)) as DFT, plus a_t = mu * sg(p_t(y_t)) * k3_t, k3_t = exp(r_t) - r_t - 1,       |
-|              |   r_t = log p_ref(y_t) - log p_theta(y_t)                                        |
+| asft         | sg(p_t(y_t)) as DFT, plus a_t = mu * KL(p_ref,t || p_theta,t) over the whole vocabulary  |
+| asft_token   | sg(p_t(y_t)) as DFT, plus a_t = mu * sg(p_t(y_t)) * k3_t, k3_t = exp(r_t) - r_t - 1,      |
+|              |   r_t = clamp(log p_ref(y_t) - log p_theta(y_t), -10, 10)                        |
 
-ASFT (Anchored SFT, arXiv 2509.23753) ties DFT to the initial model with a KL anchor. Its published form
-takes KL(p_theta || p_ref) over the whole vocabulary at every position, which needs both models' [B, T, V]
-logits. Here the anchor is the data token's own share of that KL, from the same per-token reference
-log-probs as iw-SFT: the k3 estimate of log(p_theta / p_ref) at y_t, weighted by sg(p_t(y_t)) as DFT weights
-its NLL. k3 >= 0 and is 0 where p_theta(y_t) = p_ref(y_t); the anchor's gradient on log p_theta(y_t) is
-mu * (p - p_ref), which agrees to first order with the full KL's gradient on that token's logit,
-p * (log(p / p_ref) - KL). With DFT's, the token's step is (1 - mu) p + mu p_ref: DFT slowed toward the
-reference's probability, never a vocabulary-wide tensor. With mu = 0 it is DFT exactly.
+ASFT (Anchored SFT, arXiv 2509.23753) ties DFT to the initial model p_ref with a KL anchor. `asft` is the
+published one, as the authors' script and LLaMA-Factory's `asft_loss_func` compute it: KL(p_ref || p_theta) over
+the whole vocabulary at every completion position, whose gradient on every logit is mu * (p_theta(v) -
+p_ref(v)) / N. It needs the reference model at train time; methods/vocab_kl.py computes it from the two models'
+hidden states, tile by tile, never as a [B, T, V] tensor. `asft_token` is a cheaper, different method: the k3
+estimate at the data token only (SkyRL's, from the same per-token reference log-probs as iw-SFT, which can be
+precomputed), weighted by sg(p_t(y_t)) as DFT weights its NLL. Its gradient is mu * (p - p_ref) * (1 - p) / N on
+the data token's logit and mu * (p_ref - p) * p_v / N on each other logit v: it is not an approximation of the
+full KL's. With mu = 0 both are DFT exactly.
 
 `idft_legacy` is the authors' pre-2026-03-13 IDFT, with p ** gamma left inside the gradient (only gamma
 detached): an ablation, never a default. It flips the gradient's sign for p < exp(-1/gamma).
@@ -43,7 +45,8 @@ import torch
 
 from ..runtime.options import Options, option
 
-METHODS = ("sft", "dft", "idft", "idft_legacy", "iwsft", "sftq", "eaft", "asft")
+METHODS = ("sft", "dft", "idft", "idft_legacy", "iwsft", "sftq", "eaft", "asft", "asft_token")
+K3_CLAMP = 10.0  # asft_token: |r_t| is clamped to this before exp (SkyRL), so the anchor cannot overflow
 
 
 @dataclass
@@ -65,7 +68,8 @@ class LossConfig(Options):
     quality_mode: str = option("weight", "SFT(Q): weight tokens by quality, or sample examples in proportion "
                                          "to it", choices=["weight", "sample"])
     eaft_alpha: float = option(1.0, "EAFT: w = (H / ln V) ** alpha", at_least=0)
-    asft_anchor: float = option(0.1, "ASFT: weight mu of the KL anchor to the initial model (0: DFT)", at_least=0)
+    asft_anchor: float = option(0.1, "ASFT and asft_token: weight mu of the KL anchor to the initial model (0: DFT)",
+                                at_least=0)
 
     def rules(self):
         return [
@@ -78,8 +82,14 @@ class LossConfig(Options):
         ]
 
     @property
-    def needs_reference(self) -> bool:
-        return self.loss == "iwsft" or (self.loss == "asft" and self.asft_anchor > 0)
+    def needs_reference_log_probs(self) -> bool:
+        """log p_ref(y_t) at each data token (precomputed, a data column, or from a reference model)."""
+        return self.loss == "iwsft" or (self.loss == "asft_token" and self.asft_anchor > 0)
+
+    @property
+    def needs_reference_model(self) -> bool:
+        """The reference's whole next-token distribution at each position: a reference model at train time."""
+        return self.loss == "asft" and self.asft_anchor > 0
 
     @property
     def needs_quality(self) -> bool:
@@ -140,11 +150,13 @@ def token_importance_weights(log_ratio: torch.Tensor, *, low: float, high: float
 
 def token_weights(config: LossConfig, log_probs: torch.Tensor, entropy: torch.Tensor | None, mask: torch.Tensor, *,
                   progress: float = 0.0, ref_log_probs: torch.Tensor | None = None,
-                  quality: torch.Tensor | None = None, vocab_size: int | None = None) -> TokenWeights:
+                  quality: torch.Tensor | None = None, vocab_size: int | None = None,
+                  reference_kl: torch.Tensor | None = None) -> TokenWeights:
     """w_t (and a_t) for `config.loss` from per-token log p_theta(y_t) and H(p_t) ([B, T]) and the completion mask.
 
-    `ref_log_probs` ([B, T], aligned with log_probs) is needed by iwsft and asft, `quality` ([B]) by sftq,
-    `vocab_size` by eaft; `progress` in [0, 1] drives IDFT's lam schedule.
+    `ref_log_probs` ([B, T], aligned with log_probs) is needed by iwsft and asft_token, `reference_kl` ([B, T]:
+    KL(p_ref,t || p_theta,t), differentiable, methods/vocab_kl.py) by asft, `quality` ([B]) by sftq, `vocab_size` by
+    eaft; `progress` in [0, 1] drives IDFT's lam schedule.
     """
     mask = mask.to(log_probs.dtype)
     log_p = log_probs.detach()
@@ -186,9 +198,17 @@ def token_weights(config: LossConfig, log_probs: torch.Tensor, entropy: torch.Te
     elif method == "asft":
         weights = log_p.exp()
         if config.asft_anchor > 0:
+            if reference_kl is None:
+                raise ValueError("ASFT needs KL(p_ref || p_theta) at each position (a reference model)")
+            kl = reference_kl * mask
+            stats.update(kl=kl[mask.bool()])
+            return TokenWeights(weights * mask, {k: v.detach() for k, v in stats.items()}, config.asft_anchor * kl)
+    elif method == "asft_token":
+        weights = log_p.exp()
+        if config.asft_anchor > 0:
             if ref_log_probs is None:
-                raise ValueError("ASFT needs reference log-probs")
-            r = torch.where(mask.bool(), ref_log_probs - log_probs, 0.0)  # 0 off the completion: no overflow there
+                raise ValueError("asft_token needs reference log-probs")
+            r = torch.where(mask.bool(), ref_log_probs - log_probs, 0.0).clamp(-K3_CLAMP, K3_CLAMP)
             k3 = torch.exp(r) - r - 1
             stats.update(k3=k3[mask.bool()])
             anchor = config.asft_anchor * weights * k3
