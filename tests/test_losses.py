@@ -102,6 +102,11 @@ def test_gradient_wrt_logits_is_w_times_softmax_minus_onehot_over_n(name, progre
     torch.testing.assert_close(grad, analytic, atol=1e-12, rtol=1e-10)
 
 
+def completion_positions(mask):
+    """(b, t) of every completion position, one at a time: the references' loop."""
+    return [(b, t) for b in range(B) for t in range(T) if mask[b, t]]
+
+
 @pytest.mark.parametrize("anchor", [0.1, 0.7])
 def test_asft_is_dft_plus_the_full_vocabulary_kl_in_value_and_gradient_on_every_logit(anchor):
     """The published ASFT, from the float64 full softmax one position at a time: l = -sg(p) log p + mu KL(p_ref ||
@@ -119,15 +124,12 @@ def test_asft_is_dft_plus_the_full_vocabulary_kl_in_value_and_gradient_on_every_
     (grad,) = torch.autograd.grad(loss, logits)
     expected_loss, analytic = 0.0, torch.zeros_like(grad)
     with torch.no_grad():
-        for b in range(B):
-            for t in range(T):
-                if not mask[b, t]:
-                    continue
-                probs, ref_probs = F.softmax(logits[b, t], -1), F.softmax(ref_logits[b, t], -1)
-                p = probs[targets[b, t]].item()
-                kl_bt = (ref_probs * (ref_probs.log() - probs.log())).sum().item()
-                expected_loss += -p * math.log(p) + anchor * kl_bt
-                analytic[b, t] = (p * (probs - F.one_hot(targets[b, t], V)) + anchor * (probs - ref_probs)) / n
+        for b, t in completion_positions(mask):
+            probs, ref_probs = F.softmax(logits[b, t], -1), F.softmax(ref_logits[b, t], -1)
+            p = probs[targets[b, t]].item()
+            kl_bt = (ref_probs * (ref_probs.log() - probs.log())).sum().item()
+            expected_loss += -p * math.log(p) + anchor * kl_bt
+            analytic[b, t] = (p * (probs - F.one_hot(targets[b, t], V)) + anchor * (probs - ref_probs)) / n
     assert loss.item() == pytest.approx(expected_loss / n, rel=1e-12)
     torch.testing.assert_close(grad, analytic, atol=1e-12, rtol=1e-10)
     assert terms.stats["kl"].numel() == int(mask.sum()) and (terms.stats["kl"] >= 0).all()
@@ -146,14 +148,11 @@ def test_asft_token_is_dft_plus_the_k3_anchor_in_value_and_gradient_on_every_log
     (grad,) = torch.autograd.grad(loss, logits)
     expected_loss, analytic = 0.0, torch.zeros_like(grad)
     with torch.no_grad():
-        for b in range(B):
-            for t in range(T):
-                if not mask[b, t]:
-                    continue
-                probs = F.softmax(logits[b, t], -1)
-                p, p_ref = probs[targets[b, t]].item(), math.exp(ref[b, t].item())
-                expected_loss += -p * math.log(p) + anchor * p * (p_ref / p - math.log(p_ref / p) - 1)
-                analytic[b, t] = (p - anchor * (p - p_ref)) * (probs - F.one_hot(targets[b, t], V)) / n
+        for b, t in completion_positions(mask):
+            probs = F.softmax(logits[b, t], -1)
+            p, p_ref = probs[targets[b, t]].item(), math.exp(ref[b, t].item())
+            expected_loss += -p * math.log(p) + anchor * p * (p_ref / p - math.log(p_ref / p) - 1)
+            analytic[b, t] = (p - anchor * (p - p_ref)) * (probs - F.one_hot(targets[b, t], V)) / n
     assert loss.item() == pytest.approx(expected_loss / n, rel=1e-12)
     torch.testing.assert_close(grad, analytic, atol=1e-12, rtol=1e-10)
     assert (terms.stats["k3"] >= 0).all() and terms.stats["k3"].numel() == int(mask.sum())

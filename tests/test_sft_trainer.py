@@ -68,15 +68,19 @@ def test_idft_on_a_conversational_dataset(model_dir, tmp_path):
     assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
 
 
-def test_iwsft_under_lora_takes_its_reference_with_the_adapter_off(model_dir, tmp_path):
+@pytest.mark.parametrize("loss, metric, at_start", [("iwsft", "iwsft/sequence_weight_mean", 1.0),
+                                                     ("asft", "asft/kl_mean", 0.0)])
+def test_under_lora_the_reference_is_the_model_with_its_adapter_off(model_dir, tmp_path, loss, metric, at_start):
+    """iw-SFT's weights and ASFT's full-vocabulary anchor from the same model with its adapter off: at step 1 the
+    model is its own reference (weight 1, KL 0), then they move."""
     lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
-    trainer = SFTTrainer(model=str(model_dir), args=api_config(tmp_path, loss_type="iwsft"),
+    trainer = SFTTrainer(model=str(model_dir), args=api_config(tmp_path, loss_type=loss),
                          train_dataset=Dataset.from_list(CONVERSATIONAL), peft_config=lora)
     assert trainer.ref_model == "adapter-off"
     trainer.train()
-    weights = [h["iwsft/sequence_weight_mean"] for h in trainer.state.log_history if "loss" in h]
-    assert len(weights) == 3 and weights[0] == pytest.approx(1.0)  # step 1: the model is its own reference
-    assert weights[-1] != pytest.approx(1.0)
+    values = [h[metric] for h in trainer.state.log_history if "loss" in h]
+    assert len(values) == 3 and values[0] == pytest.approx(at_start, abs=1e-7)
+    assert abs(values[-1] - at_start) > 1e-6
 
 
 @pytest.mark.parametrize("shape", ["text", "prompt/completion text"])
@@ -128,17 +132,6 @@ def test_the_api_gives_opsft_trains_losses_step_for_step(model_dir, tmp_path, ca
     trainer.train()
     assert len(losses(cli["log_history"])) == 3
     assert losses(trainer.state.log_history) == pytest.approx(losses(cli["log_history"]), rel=1e-5, abs=1e-7)
-
-
-def test_asft_under_lora_takes_its_reference_with_the_adapter_off(model_dir, tmp_path):
-    """The full-vocabulary anchor from the same model with its adapter off: 0 at the first step, then growing."""
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
-    trainer = SFTTrainer(model=str(model_dir), args=api_config(tmp_path, loss_type="asft"),
-                         train_dataset=Dataset.from_list(CONVERSATIONAL), peft_config=lora)
-    assert trainer.ref_model == "adapter-off"
-    trainer.train()
-    kl = [h["asft/kl_mean"] for h in trainer.state.log_history if "loss" in h]
-    assert len(kl) == 3 and kl[0] == pytest.approx(0.0, abs=1e-7) and kl[-1] > 1e-6
 
 
 def test_asft_refuses_a_scaled_head_and_an_adapter_off_reference_without_an_adapter(model_dir, tmp_path):
