@@ -119,7 +119,7 @@ def test_under_lora_the_teacher_is_the_model_with_its_adapter_off(model_dir, dat
     assert len(losses) == 2 and all(0 < loss < 10 for loss in losses)
 
 
-def test_a_prompt_that_fills_max_length_is_a_row_error_or_a_counted_skip(model_dir, data_path, tmp_path):
+def test_a_prompt_that_leaves_no_room_for_the_sample_is_a_row_error_or_a_counted_skip(model_dir, data_path, tmp_path):
     with pytest.raises(DataError, match="row 1"):
         run_train(config(model_dir, data_path, tmp_path / "a", max_length=4))
     with pytest.raises(OpsftError, match=r"no prompt left to train on \(6 skipped"):

@@ -14,8 +14,6 @@ fine-tuning and 5e-6 with LoRA (DPO and SimPO are run with far smaller rates tha
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import math
 from pathlib import Path
 
@@ -25,7 +23,14 @@ import numpy as np
 from ..inputs.data import load_preferences
 from ..inputs.models import load_model
 from ..inputs.prepare import model_dtype
-from ..inputs.rendering import prompt_fills_max_length, prompt_format, render_plain, text_of, tokenize_example
+from ..inputs.rendering import (
+    prompt_fills_max_length,
+    prompt_format,
+    render_plain,
+    rows_sha256,
+    text_of,
+    tokenize_example,
+)
 from ..runtime.checkpoints import TrainingRun
 from ..runtime.errors import DataError, nothing_left
 from .train_config import TrainConfig
@@ -62,7 +67,7 @@ def run_preference_train(config: TrainConfig, *, callbacks=None) -> dict:
     if prompt_format(tokenizer) == "plain":  # no chat template: message lists become the plain format
         rows = [_as_plain(row) for row in rows]
     peft_config = lora_config(config, model)
-    run = TrainingRun.claim(Path(config.output_dir), config, inputs_sha256=_rows_sha256(rows))
+    run = TrainingRun.claim(Path(config.output_dir), config, inputs_sha256=rows_sha256(rows))
     if run.finished is not None:
         return run.finished
     if config.loss == "dpo":
@@ -74,11 +79,6 @@ def run_preference_train(config: TrainConfig, *, callbacks=None) -> dict:
                              processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
     return train_and_save(trainer, run, config, tokenizer, examples=len(rows), skipped=skipped, rows_read=rows_read,
                           truncated=truncated, tokens_per_example=mean_tokens)
-
-
-def _rows_sha256(rows: list[dict]) -> str:
-    """sha256 of the pairs as they are handed to TRL: other data or another rendering changes it."""
-    return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
 
 
 def _as_plain(row: dict) -> dict:

@@ -22,8 +22,6 @@ trains on: prompt + sampled completion, across processes) and the teacher inputs
 
 from __future__ import annotations
 
-import hashlib
-import json
 import warnings
 from pathlib import Path
 
@@ -37,7 +35,7 @@ with warnings.catch_warnings():  # TRL warns on every import from trl.experiment
 from ..inputs.data import load_examples
 from ..inputs.models import load_model
 from ..inputs.prepare import model_dtype
-from ..inputs.rendering import prompt_fills_max_length, prompt_format, prompt_ids, render_plain, text_of
+from ..inputs.rendering import fitting_prompts, prompt_format, prompt_ids, render_plain, rows_sha256, text_of
 from ..runtime.checkpoints import TrainingRun
 from ..runtime.errors import nothing_left
 from .train_config import TrainConfig
@@ -71,24 +69,6 @@ class SDFTTrainer(TRLSDFTTrainer):
         return batch
 
 
-def sdft_rows(examples, tokenizer, max_length: int, *, source: str, skip_invalid: bool, skipped: list) -> list[dict]:
-    """{prompt, privileged_context} per example: the prompt as given (message lists stay message lists; the trainer
-    renders them), the completion's text as the privileged context. A prompt of max_length tokens or more is an
-    error (TRL would cut it from the left), or with skip_invalid counted in `skipped`."""
-    rows = []
-    for example in examples:
-        length = len(prompt_ids(example.prompt, tokenizer))
-        if length >= max_length:
-            error = prompt_fills_max_length(length, max_length, source=source, row=example.index + 1,
-                                            line=example.line)
-            if not skip_invalid:
-                raise error
-            skipped.append(error)
-            continue
-        rows.append({"prompt": example.prompt, "privileged_context": text_of(example.completion)})
-    return rows
-
-
 def run_sdft_train(config: TrainConfig, *, callbacks=None) -> dict:
     """Train with SDFT; returns the summary (also output_dir/train_summary.json), which records the SDFT settings."""
     args = trl_arguments(config, SDFTConfig, default_lr=DEFAULT_LEARNING_RATE, max_prompt_length=None,
@@ -101,13 +81,18 @@ def run_sdft_train(config: TrainConfig, *, callbacks=None) -> dict:
                          messages_field=config.messages_field, limit=config.limit, skip_invalid=config.skip_invalid)
     model, tokenizer = load_model(config.model, device=config.device, dtype=model_dtype(config))
     skipped = list(data.skipped)
-    rows = sdft_rows(data.examples, tokenizer, config.max_length, source=config.data,
-                     skip_invalid=config.skip_invalid, skipped=skipped)
+    # the prompt as given (message lists stay message lists: the trainer renders them), the completion's text as the
+    # privileged context; a prompt that leaves no room for the sample under --max-length is a row error (TRL would
+    # cut it from the left), or with --skip-invalid a counted skip, as for every command that samples
+    fitting = fitting_prompts(data.examples, lambda e: prompt_ids(e.prompt, tokenizer), config.sdft_max_new_tokens,
+                              config.max_length, source=config.data, skip_invalid=config.skip_invalid,
+                              skipped=skipped)
+    rows = [{"prompt": e.prompt, "privileged_context": text_of(e.completion)} for e in data.examples
+            if e.index in fitting]
     if not rows:
         raise nothing_left(config.data, "prompt left to train on", skipped)
     peft_config = lora_config(config, model)
-    run = TrainingRun.claim(Path(config.output_dir), config, inputs_sha256=hashlib.sha256(
-        json.dumps(rows, sort_keys=True).encode()).hexdigest())
+    run = TrainingRun.claim(Path(config.output_dir), config, inputs_sha256=rows_sha256(rows))
     if run.finished is not None:
         return run.finished
     trainer = SDFTTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(rows),

@@ -103,12 +103,16 @@ class TrainConfig(LossConfig):
         return LossConfig(**{f: getattr(self, f) for f in LossConfig.__dataclass_fields__})
 
 
-def budget_steps(token_budget: float, examples: int, batch: int, tokens_per_example: float) -> int:
-    """Optimizer steps that train on `token_budget` tokens (at least 1). An epoch of `examples` rows takes
-    ceil(examples / batch) steps, its last batch partial, so a step sees on average
+def tokens_per_step(examples: int, batch: int, tokens_per_example: float) -> float:
+    """The tokens a step sees on average: an epoch of `examples` rows takes ceil(examples / batch) steps, its last
+    batch partial, so
 
         tokens per step = examples * tokens_per_example / ceil(examples / batch)
 
     (batch x tokens_per_example when the batch divides the rows; all the rows when they are fewer than a batch)."""
-    per_step = examples * tokens_per_example / math.ceil(examples / batch)
-    return max(1, round(token_budget / per_step))
+    return examples * tokens_per_example / math.ceil(examples / batch)
+
+
+def budget_steps(token_budget: float, examples: int, batch: int, tokens_per_example: float) -> int:
+    """Optimizer steps that train on `token_budget` tokens (at least 1): the budget over tokens_per_step."""
+    return max(1, round(token_budget / tokens_per_step(examples, batch, tokens_per_example)))

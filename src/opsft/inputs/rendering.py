@@ -147,6 +147,12 @@ def fingerprint(tokenized: Sequence[TokenizedExample]) -> str:
     return digest.hexdigest()
 
 
+def rows_sha256(rows: list[dict]) -> str:
+    """sha256 of rows as they are handed to a TRL trainer (preference pairs, SDFT's prompts): other data or another
+    rendering changes it."""
+    return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
+
+
 def use_prompt_format(tokenizer, chosen: str | None, model: str, has_message_prompts: bool) -> str:
     """Fix how message-list prompts are rendered for generation, and say which: 'chat' (the tokenizer's chat
     template) or 'plain' (`render_plain`). Without a choice, a model with no chat template is an error when

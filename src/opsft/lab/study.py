@@ -428,14 +428,13 @@ class Lab:
     def training(self, method: str, seed: int, learning_rate: float | None, sets: dict, name: str) -> tuple:
         """`method` at `learning_rate` with the lab's token budget into runs/<name>: the run's record, and the job
         steps that train it (resumed if cut off; none when the run finished earlier)."""
-        from ..engine.train_config import TrainConfig, budget_steps
+        from ..engine.train_config import TrainConfig, budget_steps, tokens_per_step
 
         s, (loss, kind) = self.settings, method_spec(method)
         path, fields, tokens, examples = sets[kind]
         if iterative(kind):
             return self.iterative_training(method, seed, learning_rate, path, fields, name)
         steps = budget_steps(s["token_budget"], examples, s["batch_size"], tokens)
-        per_step = examples * tokens / math.ceil(examples / s["batch_size"])
         sdft = loss == "sdft"  # its samples' lengths are known once made: the step plan uses the references'
         out, steps_to_run = self.out / "runs" / name, []
         if not on_main(lambda: (out / "train_summary.json").exists() and (out / "final").exists()):
@@ -453,7 +452,8 @@ class Lab:
         return {"method": method, "seed": seed, "dir": f"runs/{name}", "learning_rate": learning_rate,
                 "steps": steps, "tokens_per_example": tokens, "examples": examples,
                 # sdft: the tokens counted in training (report.py)
-                "train_tokens": None if sdft else round(steps * per_step)}, steps_to_run
+                "train_tokens": None if sdft else round(steps * tokens_per_step(examples, s["batch_size"], tokens))
+                }, steps_to_run
 
     def counterpart(self, method: str) -> str | None:
         """The single-round method of this lab an iterative one takes its learning rate from: the same loss on the
